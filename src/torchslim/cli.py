@@ -1,0 +1,98 @@
+"""Command line: `torchslim run|validate|list`. `main(argv) -> int` is callable from tests."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from torchslim import __version__
+from torchslim.errors import TorchslimError
+
+LISTABLE = ("models", "datasets", "stages")
+
+
+class _ArgumentError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line and exit code 2, like every other user error
+        raise _ArgumentError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="torchslim", description="Distill, prune and quantize a PyTorch model, "
+                                "and measure every artifact in the runtime it ships in.")
+    p.add_argument("--version", action="version", version=f"torchslim {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="run a recipe and write the report")
+    run.add_argument("recipe", help="path to a recipe YAML file")
+    run.add_argument("--out", help="run directory (default: runs/<recipe name>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe field, e.g. --set stages.distill.temperature=8 (repeatable)")
+    run.add_argument("--quiet", action="store_true", help="print only the final table")
+    val = sub.add_parser("validate", help="check a recipe and print it with every default filled in")
+    val.add_argument("recipe")
+    val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    lst = sub.add_parser("list", help="list what a recipe can name")
+    lst.add_argument("what", help=f"one of: {', '.join(LISTABLE)}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        return _dispatch(args)
+    except _ArgumentError as e:
+        print(f"torchslim: error: {e}", file=sys.stderr)
+        return 2
+    except TorchslimError as e:
+        print(f"torchslim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("torchslim: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    from torchslim.recipe import dump_recipe, load_recipe
+
+    if args.command == "list":
+        return _list(args.what)
+    recipe = load_recipe(args.recipe, args.overrides)
+    if args.command == "validate":
+        print(dump_recipe(recipe), end="")
+        return 0
+    from torchslim.evaluate import print_table
+    from torchslim.pipeline import run_recipe
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    report = run_recipe(recipe, out, log=log)
+    print_table(report)
+    print(f"report: {out / 'report.md'}  {out / 'report.html'}  {out / 'report.json'}")
+    return 0
+
+
+def _list(what: str) -> int:
+    from torchslim.errors import unknown_choice
+
+    if what == "models":
+        from torchslim.models import MODELS as reg
+    elif what == "datasets":
+        from torchslim.data import DATASETS as reg
+    elif what == "stages":
+        from torchslim.pipeline import STAGES as reg
+    else:
+        raise unknown_choice("list target", what, LISTABLE)
+    for name in reg.names():
+        print(f"{name:<20} {reg.help(name)}")
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

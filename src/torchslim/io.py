@@ -1,0 +1,126 @@
+"""Files on disk: atomic writes, and checkpoints that load without unpickling (safetensors + JSON).
+
+Every artifact torchslim writes goes through :func:`atomic_path`: the bytes land in a temporary file in the same
+folder and are renamed over the target only once complete, so a crash never leaves a half-written file behind.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchslim.errors import TorchslimError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` if the block succeeds.
+
+    Example:
+        >>> with atomic_path("out/model.onnx") as tmp:   # doctest: +SKIP
+        ...     torch.onnx.export(model, x, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:  # flush to disk before the rename makes it visible
+            os.fsync(f.fileno())
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes owner-only files; give the usual permissions
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write ``model``'s state dict as safetensors (the file a user ships) and ``meta`` beside it as JSON."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    # safetensors refuses tensors that share memory; clone so tied or viewed weights still save.
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "producer": "torchslim"})
+    if meta is not None:
+        atomic_write_json(path.with_suffix(".json"), meta)
+    return path
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without executing code: safetensors, or a torch file with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise TorchslimError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise TorchslimError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
+    if path.suffix in (".pt", ".pth", ".bin"):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure here means the file is not a safe state dict
+            raise TorchslimError(
+                f"refused checkpoint {path}: not a plain tensor file loadable with weights_only=True "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+            ) from None
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise TorchslimError(f"checkpoint {path} is not a state dict of tensors")
+        return state
+    raise TorchslimError(f"unsupported checkpoint format '{path.suffix}' for {path}; valid: .safetensors, .pt, .pth, .bin")
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load weights into ``model``; a missing/extra key or a shape mismatch is a one-line TorchslimError."""
+    state = load_state_dict(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    extra = [k for k in state if k not in own]
+    if missing or extra:
+        raise TorchslimError(
+            f"checkpoint {path} does not fit the model: missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
+            f"unexpected {extra[:3]}{'...' if len(extra) > 3 else ''}"
+        )
+    for k in own:  # model order, so the first layer that differs is the one named
+        v = state[k]
+        if v.shape != own[k].shape:
+            raise TorchslimError(
+                f"checkpoint {path} does not fit the model: '{k}' has shape {tuple(v.shape)}, model expects {tuple(own[k].shape)}"
+            )
+    model.load_state_dict(state)
+    return model

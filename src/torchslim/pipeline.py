@@ -1,0 +1,214 @@
+"""Runs a recipe: the teacher, then each stage in order, then one evaluation of every artifact.
+
+Each stage reads the run state (data, teacher, current model) and adds exactly one artifact. Stages copy the model
+they start from, so every artifact in the report is the model as that stage left it.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from torchslim.artifact import Artifact
+from torchslim.io import atomic_write_text, load_checkpoint, save_checkpoint
+from torchslim.recipe import ModelSpec, Recipe, dump_recipe, stage_name
+from torchslim.registry import Registry
+
+Log = Callable[[str], None]
+STAGES: Registry[Callable[..., Artifact]] = Registry("stage")
+
+
+@dataclass
+class RunState:
+    recipe: Recipe
+    out: Path
+    data: object  # torchslim.data.DataBundle
+    log: Log
+    teacher: nn.Module | None = None
+    model: nn.Module | None = None  # the current model: what the next stage starts from
+    student: str | None = None  # name of the first student artifact, the "uncompressed student" baseline
+    artifacts: list[Artifact] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def create(self, spec: ModelSpec) -> nn.Module:
+        from torchslim.models import create_model
+
+        return create_model(spec.model, num_classes=self.data.num_classes, input_shape=self.data.input_shape,
+                            **spec.args)
+
+    def save(self, model: nn.Module, name: str, meta: dict) -> Path:
+        return save_checkpoint(model, self.out / f"{name}.safetensors", meta)
+
+
+def _fit_info(result) -> dict:
+    return {"history": result.history, "best_epoch": result.best_epoch,
+            "best_val_accuracy": result.best_val_accuracy}
+
+
+def _teacher(state: RunState) -> Artifact:
+    spec = state.recipe.teacher
+    torch.manual_seed(state.recipe.seed)
+    model = state.create(spec)
+    if spec.checkpoint:
+        load_checkpoint(model, spec.checkpoint)
+        state.log(f"[teacher] loaded {spec.checkpoint}")
+        info = {"checkpoint": spec.checkpoint}
+    else:
+        from torchslim.train import fit
+
+        info = _fit_info(fit(model, state.data.train, state.data.val, spec.train, seed=state.recipe.seed,
+                             stage="teacher", log=state.log))
+    path = state.save(model, "teacher", {"model": spec.model, "args": spec.args})
+    return Artifact("teacher", "teacher", "pytorch", path, model.eval(), info)
+
+
+@STAGES.register("train", help="train the student on labels alone")
+def _train(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.train import fit
+
+    torch.manual_seed(seed)
+    model = state.create(state.recipe.student)
+    info = _fit_info(fit(model, state.data.train, state.data.val, st.train, seed=seed, stage=stage_name(st),
+                         log=state.log))
+    state.student = state.student or stage_name(st)
+    return _pytorch_artifact(st, state, model, info)
+
+
+@STAGES.register("distill", help="train the student from the teacher's soft targets (Hinton KD)")
+def _distill(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.distill import KDConfig, distill
+
+    torch.manual_seed(seed)
+    model = state.create(state.recipe.student)
+    kd = KDConfig(**st.model_dump(include=set(KDConfig.model_fields)))
+    info = _fit_info(distill(model, state.teacher, state.data.train, state.data.val, kd, st.train, seed=seed,
+                             stage=stage_name(st), log=state.log))
+    info["kd"] = kd.model_dump()
+    state.student = state.student or stage_name(st)
+    return _pytorch_artifact(st, state, model, info)
+
+
+@STAGES.register("prune", help="magnitude pruning, one-shot or iterative, with masked fine-tuning")
+def _prune(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.prune import MagnitudePruneConfig, prune_
+    from torchslim.train import fit
+
+    cfg = MagnitudePruneConfig(**st.model_dump(include=set(MagnitudePruneConfig.model_fields)))
+    model = copy.deepcopy(state.model)
+    rounds = []
+    for k, target in enumerate(cfg.round_targets(), start=1):
+        masks = prune_(model, cfg, sparsity=target)
+        state.log(f"[{stage_name(st)}] round {k}: pruned to {100 * masks.overall():.1f}% sparsity ({cfg.scope})")
+        fitted = fit(model, state.data.train, state.data.val, st.train, seed=seed + k, after_step=masks.apply,
+                     stage=f"{stage_name(st)} round {k}", log=state.log) if st.train.epochs else None
+        rounds.append({"target": target, "sparsity": masks.overall(), **(_fit_info(fitted) if fitted else {})})
+    # Masked weights are exact zeros in the weight tensors themselves, so the sparsity is already permanent: the
+    # saved model is an ordinary module with no mask buffers or hooks.
+    info = {"sparsity": masks.sparsity(), "overall_sparsity": masks.overall(), "rounds": rounds,
+            "prune": cfg.model_dump()}
+    return _pytorch_artifact(st, state, model, info)
+
+
+@STAGES.register("finetune", help="train the current model further on labels, keeping its zeros")
+def _finetune(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.prune import Masks, prunable_layers
+    from torchslim.train import fit
+
+    model = copy.deepcopy(state.model)
+    layers = prunable_layers(model)
+    masks = Masks(layers, {n: (m.weight != 0).float() for n, m in layers.items()})
+    sparse = masks.overall() > 0.01  # a dense model has no zeros worth holding
+    info = _fit_info(fit(model, state.data.train, state.data.val, st.train, seed=seed,
+                         after_step=masks.apply if sparse else None, stage=stage_name(st), log=state.log))
+    if sparse:
+        info.update(sparsity=masks.sparsity(), overall_sparsity=masks.overall())
+    return _pytorch_artifact(st, state, model, info)
+
+
+@STAGES.register("export", help="export the current model to ONNX (fp32) and verify it against PyTorch")
+def _export(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.export import export_onnx, verify_onnx
+
+    path = export_onnx(state.model, state.out / f"{stage_name(st)}.onnx", state.data.input_shape, opset=st.opset)
+    info = {"opset": st.opset}
+    if st.verify:
+        info["verification"] = verify_onnx(state.model, path, state.data.test.tensors[0],
+                                           threads=state.recipe.evaluate.threads)
+        v = info["verification"]
+        state.log(f"[{stage_name(st)}] ONNX vs PyTorch on {v['samples']} test inputs: max |Δlogit| "
+                  f"{v['max_abs_diff']:.2e}, top-1 agreement {100 * v['top1_agreement']:.2f}%")
+    return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model, info)
+
+
+@STAGES.register("quantize", help="int8 post-training quantization (static QDQ or dynamic) for ONNX Runtime")
+def _quantize(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.export import verify_onnx
+    from torchslim.quant import DynamicInt8Config, StaticInt8Config, quantize_dynamic_int8, quantize_static_int8
+
+    path = state.out / f"{stage_name(st)}.onnx"
+    if st.mode == "static":
+        cfg = StaticInt8Config(**st.model_dump(include=set(StaticInt8Config.model_fields)))
+        quantize_static_int8(state.model, cfg, state.data.train.tensors[0], path, state.data.input_shape, seed=seed)
+    else:
+        cfg = DynamicInt8Config(per_channel=st.per_channel)
+        quantize_dynamic_int8(state.model, cfg, path, state.data.input_shape)
+    agreement = verify_onnx(state.model, path, state.data.test.tensors[0], threads=state.recipe.evaluate.threads)
+    state.log(f"[{stage_name(st)}] int8 ({st.mode}) vs fp32 PyTorch on {agreement['samples']} test inputs: "
+              f"top-1 agreement {100 * agreement['top1_agreement']:.2f}%")
+    return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model,
+                    {"mode": st.mode, "config": cfg.model_dump(), "verification": agreement})
+
+
+def _pytorch_artifact(st, state: RunState, model: nn.Module, info: dict) -> Artifact:
+    path = state.save(model, stage_name(st), {"stage": st.type, "model": state.recipe.student.model
+                                              if st.type in ("train", "distill") else None})
+    state.model = model.eval()
+    return Artifact(stage_name(st), st.type, "pytorch", path, state.model, info)
+
+
+def run_recipe(recipe: Recipe, out: str | Path, log: Log = print) -> dict:
+    """Run every stage of `recipe` into the folder `out`, evaluate all artifacts, write the report; return it.
+
+    Example:
+        >>> report = run_recipe(load_recipe("recipes/digits.yaml"), "runs/demo")   # doctest: +SKIP
+    """
+    from torchslim.data import load_dataset
+    from torchslim.evaluate import LatencyConfig, build_report, evaluate, write_report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+    torch.manual_seed(recipe.seed)
+    d = recipe.data
+    data = load_dataset(d.name, d.root, val_size=d.val_size, pad_to=d.pad_to, limit_train=d.limit_train,
+                        limit_test=d.limit_test)
+    log(f"data: {d.name} from {data.source}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
+        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes")
+    state = RunState(recipe, out, data, log)
+
+    if recipe.teacher is not None:
+        t0 = time.perf_counter()
+        art = _teacher(state)
+        state.teacher = state.model = art.model
+        state.artifacts.append(art)
+        state.seconds["teacher"] = time.perf_counter() - t0
+    for i, st in enumerate(recipe.stages):
+        t0 = time.perf_counter()
+        art = STAGES.get(st.type)(st, state, recipe.seed + i + 1)
+        state.artifacts.append(art)
+        state.seconds[stage_name(st)] = time.perf_counter() - t0
+
+    ev = recipe.evaluate
+    log(f"evaluating {len(state.artifacts)} artifacts (threads={ev.threads}, batch sizes {ev.batch_sizes})")
+    latency = LatencyConfig(threads=ev.threads, batch_sizes=tuple(ev.batch_sizes), max_seconds=ev.max_seconds)
+    records = evaluate(state.artifacts, data, latency=latency,
+                       teacher="teacher" if recipe.teacher else None, student=state.student)
+    report = build_report(records, recipe=recipe.model_dump(mode="json"), data=data, threads=ev.threads,
+                          meta={"stage_seconds": state.seconds}, latency=latency)
+    write_report(report, out)
+    return report
