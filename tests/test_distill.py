@@ -1,11 +1,12 @@
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from torchslim.distill import KDConfig, distill, kd_loss
-from torchslim.train import TrainConfig
+from torchslim.distillation import KDConfig, distill, kd_loss
+from torchslim.training import TrainConfig
 
 
 def _hand_kd(s, t, y, T, alpha):
@@ -54,7 +55,7 @@ def test_distilled_student_learns_the_teacher_function(cache):
     torch.manual_seed(0)
     teacher = nn.Linear(6, 3)
     student = nn.Linear(6, 3)
-    distill(student, teacher, data, None, KDConfig(temperature=2, alpha=0.0, cache_teacher=cache),
+    distill(student, teacher, SimpleNamespace(train=data, val=None), KDConfig(temperature=2, alpha=0.0, cache_teacher=cache),
             TrainConfig(epochs=30, lr=1e-2), log=lambda m: None)
     agree = (student(x).argmax(1) == teacher(x).argmax(1)).float().mean().item()
     assert agree > 0.97
@@ -68,7 +69,7 @@ def test_cached_and_on_the_fly_teacher_give_the_same_student():
     for cache in ("always", "never"):
         torch.manual_seed(3)
         s = nn.Sequential(nn.Linear(6, 3))
-        distill(s, teacher, data, None, KDConfig(temperature=4, alpha=0.3, cache_teacher=cache),
+        distill(s, teacher, SimpleNamespace(train=data, val=None), KDConfig(temperature=4, alpha=0.3, cache_teacher=cache),
                 TrainConfig(epochs=2), log=lambda m: None)
         students.append(s[0].weight.detach().clone())
     assert torch.allclose(students[0], students[1], atol=1e-6)

@@ -1,4 +1,4 @@
-"""Tests for torchslim.evaluate: the counts, the runners, the latency protocol, the ratios and the report files."""
+"""Tests for torchslim.evaluation: the counts, the runners, the latency protocol, the ratios and the report files."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from torch.nn.utils import prune as torch_prune
 
 from torchslim.artifact import Artifact
 from torchslim.errors import TorchslimError
-from torchslim.evaluate import (
+from torchslim.evaluation import (
     LatencyConfig,
     accuracy,
     add_baselines,

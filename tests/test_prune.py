@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from torchslim.prune import MagnitudePruneConfig, prunable_layers, prune_
-from torchslim.train import TrainConfig, fit
+from torchslim.training import TrainConfig, fit
 
 
 def _net():

@@ -1,2 +1,38 @@
-"""torchslim: distill, prune and quantize a trained PyTorch model, and measure what you ship."""
+"""torchslim: distill, prune and quantize a trained PyTorch model, and measure what you ship.
+
+    import torchslim as ts
+    data = ts.load_dataset("mnist")                          # root: argument or $TORCHSLIM_DATA
+    teacher = ts.create_model("lenet5", num_classes=10, input_shape=data.input_shape)
+    ts.train(teacher, data, ts.TrainConfig(epochs=5))
+    masks = ts.prune_(teacher, ts.MagnitudePruneConfig(sparsity=0.9))
+    art = ts.quantize(teacher, ts.StaticInt8Config(), data, "lenet5.int8.onnx")
+
+Nothing heavy is imported until a name is used.
+"""
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "TorchslimError": "torchslim.errors",
+    "Artifact": "torchslim.artifact",
+    "load_dataset": "torchslim.data", "DataBundle": "torchslim.data",
+    "create_model": "torchslim.models", "list_models": "torchslim.models",
+    "train": "torchslim.training", "fit": "torchslim.training", "TrainConfig": "torchslim.training",
+    "distill": "torchslim.distillation", "KDConfig": "torchslim.distillation", "kd_loss": "torchslim.distillation",
+    "prune_": "torchslim.prune", "MagnitudePruneConfig": "torchslim.prune",
+    "quantize": "torchslim.quant", "StaticInt8Config": "torchslim.quant", "DynamicInt8Config": "torchslim.quant",
+    "export_onnx": "torchslim.export", "verify_onnx": "torchslim.export", "ExportConfig": "torchslim.export",
+    "evaluate": "torchslim.evaluation", "LatencyConfig": "torchslim.evaluation",
+    "load_recipe": "torchslim.recipe", "Recipe": "torchslim.recipe", "run_recipe": "torchslim.pipeline",
+    "save_checkpoint": "torchslim.io", "load_checkpoint": "torchslim.io",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'torchslim' has no attribute '{name}'")

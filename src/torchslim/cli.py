@@ -67,7 +67,7 @@ def _dispatch(args) -> int:
     if args.command == "validate":
         print(dump_recipe(recipe), end="")
         return 0
-    from torchslim.evaluate import print_table
+    from torchslim.evaluation import print_table
     from torchslim.pipeline import run_recipe
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem

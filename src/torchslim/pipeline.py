@@ -59,7 +59,7 @@ def _teacher(state: RunState) -> Artifact:
         state.log(f"[teacher] loaded {spec.checkpoint}")
         info = {"checkpoint": spec.checkpoint}
     else:
-        from torchslim.train import fit
+        from torchslim.training import fit
 
         info = _fit_info(fit(model, state.data.train, state.data.val, spec.train, seed=state.recipe.seed,
                              stage="teacher", log=state.log))
@@ -69,7 +69,7 @@ def _teacher(state: RunState) -> Artifact:
 
 @STAGES.register("train", help="train the student on labels alone")
 def _train(st, state: RunState, seed: int) -> Artifact:
-    from torchslim.train import fit
+    from torchslim.training import fit
 
     torch.manual_seed(seed)
     model = state.create(state.recipe.student)
@@ -81,12 +81,12 @@ def _train(st, state: RunState, seed: int) -> Artifact:
 
 @STAGES.register("distill", help="train the student from the teacher's soft targets (Hinton KD)")
 def _distill(st, state: RunState, seed: int) -> Artifact:
-    from torchslim.distill import KDConfig, distill
+    from torchslim.distillation import KDConfig, distill
 
     torch.manual_seed(seed)
     model = state.create(state.recipe.student)
     kd = KDConfig(**st.model_dump(include=set(KDConfig.model_fields)))
-    info = _fit_info(distill(model, state.teacher, state.data.train, state.data.val, kd, st.train, seed=seed,
+    info = _fit_info(distill(model, state.teacher, state.data, kd, st.train, seed=seed,
                              stage=stage_name(st), log=state.log))
     info["kd"] = kd.model_dump()
     state.student = state.student or stage_name(st)
@@ -96,7 +96,7 @@ def _distill(st, state: RunState, seed: int) -> Artifact:
 @STAGES.register("prune", help="magnitude pruning, one-shot or iterative, with masked fine-tuning")
 def _prune(st, state: RunState, seed: int) -> Artifact:
     from torchslim.prune import MagnitudePruneConfig, prune_
-    from torchslim.train import fit
+    from torchslim.training import fit
 
     cfg = MagnitudePruneConfig(**st.model_dump(include=set(MagnitudePruneConfig.model_fields)))
     model = copy.deepcopy(state.model)
@@ -117,7 +117,7 @@ def _prune(st, state: RunState, seed: int) -> Artifact:
 @STAGES.register("finetune", help="train the current model further on labels, keeping its zeros")
 def _finetune(st, state: RunState, seed: int) -> Artifact:
     from torchslim.prune import Masks, prunable_layers
-    from torchslim.train import fit
+    from torchslim.training import fit
 
     model = copy.deepcopy(state.model)
     layers = prunable_layers(model)
@@ -147,21 +147,15 @@ def _export(st, state: RunState, seed: int) -> Artifact:
 
 @STAGES.register("quantize", help="int8 post-training quantization (static QDQ or dynamic) for ONNX Runtime")
 def _quantize(st, state: RunState, seed: int) -> Artifact:
-    from torchslim.export import verify_onnx
-    from torchslim.quant import DynamicInt8Config, StaticInt8Config, quantize_dynamic_int8, quantize_static_int8
+    from torchslim.quant import DynamicInt8Config, StaticInt8Config, quantize
 
-    path = state.out / f"{stage_name(st)}.onnx"
-    if st.mode == "static":
-        cfg = StaticInt8Config(**st.model_dump(include=set(StaticInt8Config.model_fields)))
-        quantize_static_int8(state.model, cfg, state.data.train.tensors[0], path, state.data.input_shape, seed=seed)
-    else:
-        cfg = DynamicInt8Config(per_channel=st.per_channel)
-        quantize_dynamic_int8(state.model, cfg, path, state.data.input_shape)
-    agreement = verify_onnx(state.model, path, state.data.test.tensors[0], threads=state.recipe.evaluate.threads)
-    state.log(f"[{stage_name(st)}] int8 ({st.mode}) vs fp32 PyTorch on {agreement['samples']} test inputs: "
-              f"top-1 agreement {100 * agreement['top1_agreement']:.2f}%")
-    return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model,
-                    {"mode": st.mode, "config": cfg.model_dump(), "verification": agreement})
+    cfg = (StaticInt8Config(**st.model_dump(include=set(StaticInt8Config.model_fields))) if st.mode == "static"
+           else DynamicInt8Config(per_channel=st.per_channel))
+    art = quantize(state.model, cfg, state.data, state.out / f"{stage_name(st)}.onnx", name=stage_name(st), seed=seed)
+    v = art.info["verification"]
+    state.log(f"[{art.name}] int8 ({st.mode}) vs fp32 PyTorch on {v['samples']} test inputs: "
+              f"top-1 agreement {100 * v['top1_agreement']:.2f}%")
+    return art
 
 
 def _pytorch_artifact(st, state: RunState, model: nn.Module, info: dict) -> Artifact:
@@ -178,7 +172,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print) -> dict:
         >>> report = run_recipe(load_recipe("recipes/digits.yaml"), "runs/demo")   # doctest: +SKIP
     """
     from torchslim.data import load_dataset
-    from torchslim.evaluate import LatencyConfig, build_report, evaluate, write_report
+    from torchslim.evaluation import LatencyConfig, build_report, evaluate, write_report
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,12 +22,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from torchslim.config import Config
-from torchslim.distill.config import KDConfig
+from torchslim.distillation.config import KDConfig
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.export.config import ExportConfig
 from torchslim.prune.config import MagnitudePruneConfig
 from torchslim.quant.config import StaticInt8Config
-from torchslim.train.config import TrainConfig
+from torchslim.training.config import TrainConfig
 
 RECIPE_VERSION = 1
 

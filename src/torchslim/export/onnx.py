@@ -62,6 +62,6 @@ def compare_logits(reference: np.ndarray, other: np.ndarray) -> dict:
 
 def verify_onnx(model: nn.Module, path: str | os.PathLike, x: torch.Tensor, threads: int = 1) -> dict:
     """Run the same inputs through PyTorch and ONNX Runtime; report max |Δlogit| and top-1 agreement."""
-    from torchslim.train.loop import predict
+    from torchslim.training.loop import predict
 
     return compare_logits(predict(model, x).numpy(), ort_logits(ort_session(path, threads), x))

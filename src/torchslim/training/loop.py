@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.train.config import TrainConfig
+from torchslim.training.config import TrainConfig
 
 # loss_fn(model, x, y, *extra) -> (loss, logits). `extra` are further tensors of the training set row-aligned with
 # x (e.g. cached teacher logits), so a distillation loss needs no side channel to find its targets.
@@ -162,3 +162,13 @@ def fit(
             f"{100 * result.best_val_accuracy:.2f}%)")
     model.eval()
     return result
+
+
+def train(model: nn.Module, data, cfg: TrainConfig, *, seed: int = 0, stage: str = "train",
+          log: Callable[[str], None] = print) -> FitResult:
+    """Train `model` in place on `data.train` with cross-entropy, validating on `data.val` (a DataBundle).
+
+    Example:
+        >>> train(create_model("lenet5"), load_dataset("mnist"), TrainConfig(epochs=10))   # doctest: +SKIP
+    """
+    return fit(model, data.train, data.val, cfg, seed=seed, stage=stage, log=log)

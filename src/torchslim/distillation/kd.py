@@ -6,10 +6,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from torchslim.distill.config import KDConfig
-from torchslim.distill.losses import kd_loss
-from torchslim.train.config import TrainConfig
-from torchslim.train.loop import FitResult, fit, predict
+from torchslim.distillation.config import KDConfig
+from torchslim.distillation.losses import kd_loss
+from torchslim.training.config import TrainConfig
+from torchslim.training.loop import FitResult, fit, predict
 
 
 def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -20,8 +20,7 @@ def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def distill(
     student: nn.Module,
     teacher: nn.Module,
-    train_set: torch.utils.data.TensorDataset,
-    val_set: torch.utils.data.TensorDataset | None,
+    data,
     kd: KDConfig,
     train: TrainConfig,
     *,
@@ -29,10 +28,11 @@ def distill(
     stage: str = "distill",
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train `student` in place on the teacher's softened outputs and the labels.
+    """Train `student` in place on the teacher's softened outputs and the labels of `data.train`
+    (validated on `data.val`, a DataBundle or anything with those two splits).
 
     Example:
-        >>> distill(student, teacher, data.train, data.val, KDConfig(temperature=4), TrainConfig(epochs=5))  # doctest: +SKIP
+        >>> distill(student, teacher, data, KDConfig(temperature=4), TrainConfig(epochs=5))  # doctest: +SKIP
     """
     teacher.eval()
     for p in teacher.parameters():
@@ -40,17 +40,17 @@ def distill(
     # Cached logits are only valid for the exact inputs they were computed on: with jitter each epoch sees new
     # inputs, so the teacher must run on the fly.
     cache = kd.cache_teacher == "always" or (kd.cache_teacher == "auto" and not train.jitter)
-    x, y = train_set.tensors[:2]
+    x, y = data.train.tensors[:2]
     if cache:
         log(f"[{stage}] caching teacher logits on {len(x)} training inputs")
         t_logits = teacher_logits(teacher, x)
-        data = torch.utils.data.TensorDataset(x, y, t_logits)
+        rows = torch.utils.data.TensorDataset(x, y, t_logits)
 
         def loss_fn(model, xb, yb, tb):
             s = model(xb)
             return kd_loss(s, tb, yb, kd.temperature, kd.alpha), s
     else:
-        data = torch.utils.data.TensorDataset(x, y)
+        rows = torch.utils.data.TensorDataset(x, y)
 
         def loss_fn(model, xb, yb):
             with torch.no_grad():
@@ -58,4 +58,4 @@ def distill(
             s = model(xb)
             return kd_loss(s, tb, yb, kd.temperature, kd.alpha), s
 
-    return fit(student, data, val_set, train, loss_fn=loss_fn, seed=seed, stage=stage, log=log)
+    return fit(student, rows, data.val, train, loss_fn=loss_fn, seed=seed, stage=stage, log=log)

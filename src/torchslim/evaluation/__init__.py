@@ -18,7 +18,7 @@ import torch
 
 from torchslim.artifact import Artifact
 from torchslim.errors import TorchslimError
-from torchslim.evaluate.measure import (
+from torchslim.evaluation.measure import (
     LatencyConfig,
     accuracy,
     count_macs,
@@ -28,7 +28,7 @@ from torchslim.evaluate.measure import (
     make_runner,
     measure_latencies,
 )
-from torchslim.evaluate.report import print_table, render_html, render_markdown, write_report
+from torchslim.evaluation.report import print_table, render_html, render_markdown, write_report
 
 __all__ = [
     "LatencyConfig",

@@ -1,4 +1,4 @@
-"""Writers for the report built by :func:`torchslim.evaluate.build_report`: JSON, markdown, HTML and a console table.
+"""Writers for the report built by :func:`torchslim.evaluation.build_report`: JSON, markdown, HTML and a console table.
 
 The markdown and HTML files show the same content: one table over all artifacts, notes on how each number was
 measured, and a section per artifact with its stage-specific facts (``info``). The HTML file is self-contained

@@ -1,0 +1,5 @@
+"""Training: one loop (`fit`), its config, and the optimizer/schedule factories."""
+from torchslim.training.config import TrainConfig
+from torchslim.training.loop import FitResult, accuracy_of, cross_entropy_loss, fit, predict, train
+
+__all__ = ["TrainConfig", "FitResult", "fit", "predict", "accuracy_of", "cross_entropy_loss", "train"]

@@ -1,0 +1,103 @@
+"""The embedded default recipe end to end, and the errors that only show up while running."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from torchslim.cli import main
+from torchslim.errors import TorchslimError
+from torchslim.training import TrainConfig, fit
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED = {"name", "stage", "runtime", "path", "accuracy", "errors", "params", "nonzero_params", "macs",
+            "file_bytes", "file_bytes_lzma", "latency_ms"}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "digits"
+    code = main(["run", str(ROOT / "recipes/digits.yaml"), "--out", str(out), "--quiet",
+                 "--set", "evaluate.max_seconds=0.05"])
+    assert code == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def test_digits_report_has_every_artifact_measured(digits_run):
+    out, report = digits_run
+    assert {"torchslim_version", "recipe", "threads", "artifacts"} <= report.keys()
+    names = [a["name"] for a in report["artifacts"]]
+    assert names == ["teacher", "student", "distill", "prune", "onnx-fp32", "int8"]
+    for a in report["artifacts"]:
+        assert REQUIRED <= a.keys()
+        assert Path(a["path"]).is_file() and a["file_bytes"] == Path(a["path"]).stat().st_size
+        assert 0.85 < a["accuracy"] <= 1.0
+        assert a["errors"] == round((1 - a["accuracy"]) * 360)
+        for b in ("1", "64"):
+            assert 0 < a["latency_ms"][b]["p50"] <= a["latency_ms"][b]["p90"]
+
+
+def test_digits_stages_did_what_they_say(digits_run):
+    out, report = digits_run
+    art = {a["name"]: a for a in report["artifacts"]}
+    assert art["prune"]["nonzero_params"] < 0.3 * art["distill"]["nonzero_params"]
+    assert art["prune"]["info"]["overall_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert art["onnx-fp32"]["info"]["verification"]["max_abs_diff"] < 1e-4
+    assert art["onnx-fp32"]["accuracy"] == art["prune"]["accuracy"]
+    assert art["int8"]["file_bytes"] < 0.5 * art["onnx-fp32"]["file_bytes"]
+    assert abs(art["int8"]["accuracy"] - art["prune"]["accuracy"]) <= 0.02
+    assert art["distill"]["vs_teacher"]["compression"] > 10
+
+
+def test_run_dir_keeps_the_resolved_recipe_and_no_temp_files(digits_run):
+    out, report = digits_run
+    resolved = yaml.safe_load((out / "recipe.yaml").read_text())
+    assert resolved["stages"][1]["temperature"] == 4.0 and resolved["stages"][1]["train"]["batch_size"] == 64
+    assert resolved == report["recipe"]
+    assert {"report.json", "report.md", "report.html", "teacher.safetensors", "int8.onnx"} <= {p.name for p in out.iterdir()}
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+
+
+def _tiny_recipe(tmp_path, **teacher):
+    r = {"data": {"name": "digits"}, "teacher": {"model": "mlp", "args": {"widths": [8]}, **teacher},
+         "stages": [], "evaluate": {"max_seconds": 0.01}}
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump(r))
+    return p
+
+
+def test_corrupt_teacher_checkpoint_is_exit_2(tmp_path, capsys):
+    bad = tmp_path / "teacher.safetensors"
+    bad.write_bytes(b"garbage, not a safetensors file")
+    assert main(["run", str(_tiny_recipe(tmp_path, checkpoint=str(bad))), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt checkpoint" in err and err.count("\n") == 1
+
+
+def test_checkpoint_of_another_shape_is_exit_2(tmp_path, capsys):
+    from torchslim.io import save_checkpoint
+    from torchslim.models import create_model
+
+    ckpt = save_checkpoint(create_model("mlp", widths=[16], input_shape=(1, 8, 8)), tmp_path / "t.safetensors")
+    assert main(["run", str(_tiny_recipe(tmp_path, checkpoint=str(ckpt))), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the model: 'fc1.weight' has shape (16, 64), model expects (8, 64)" in err
+
+
+def test_missing_data_root_is_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TORCHSLIM_DATA", raising=False)
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"data": {"name": "mnist"}, "teacher": {"model": "lenet5"}}))
+    assert main(["run", str(p), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "TORCHSLIM_DATA" in err and err.count("\n") == 1
+
+
+def test_nan_loss_names_stage_epoch_and_batch():
+    x = torch.randn(64, 4)
+    x[:] = float("nan")
+    data = torch.utils.data.TensorDataset(x, torch.zeros(64, dtype=torch.long))
+    with pytest.raises(TorchslimError, match=r"stage 'teacher': loss became nan at epoch 1, batch 1"):
+        fit(torch.nn.Linear(4, 2), data, None, TrainConfig(epochs=1, batch_size=16), stage="teacher",
+            log=lambda m: None, seed=0)
