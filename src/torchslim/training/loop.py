@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,25 @@ def batch_indices(n: int, batch_size: int, generator: torch.Generator, rank: int
     yield from order.split(batch_size)
 
 
+def _progress(enabled: bool | None, description: str, total: int):
+    """Wrap an iterator in a transient rich progress bar (a no-op when disabled or not on a terminal)."""
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return lambda it: it
+
+    def wrap(it):
+        from rich.progress import Progress
+
+        with Progress(transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            for item in it:
+                yield item
+                bar.advance(task)
+
+    return wrap
+
+
 @torch.no_grad()  # not inference_mode: cached teacher logits are later saved for backward
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
     """Logits of `model` (eval mode) on a tensor of inputs, in batches."""
@@ -98,12 +118,13 @@ def fit(
     after_step: Callable[[], None] | None = None,
     stage: str = "train",
     log: Callable[[str], None] = print,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> FitResult:
     """Train `model` in place on `train_set` (tensors: x, y, *extra) and return the per-epoch history.
 
     With ``cfg.keep == "best"`` and a validation split, the weights of the best validation epoch are restored at the
-    end. `after_step` runs after every optimizer step (pruning uses it to hold masks at zero).
+    end. `after_step` runs after every optimizer step (pruning uses it to hold masks at zero). A progress bar is
+    shown while an epoch runs when `progress` is True, or by default when stderr is a terminal.
 
     Example:
         >>> fit(model, data.train, data.val, TrainConfig(epochs=3), stage="teacher")   # doctest: +SKIP
@@ -124,7 +145,8 @@ def fit(
         model.train()
         t0 = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
-        for step, idx in enumerate(batch_indices(n, cfg.batch_size, gen), start=1):
+        bar = _progress(progress, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
+        for step, idx in enumerate(bar(batch_indices(n, cfg.batch_size, gen)), start=1):
             x, y, *extra = (t[idx] for t in tensors)
             if cfg.jitter:
                 x = random_shift(x, cfg.jitter, gen)
