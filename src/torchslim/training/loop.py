@@ -1,22 +1,28 @@
 """The training loop: one function that reads top to bottom.
 
-`fit` trains a model on a dataset split held in memory as tensors. It is written so that data-parallel training
-drops in: batches come from a rank-aware index iterator, and everything that logs or writes goes through `log`.
+`fit` trains a model on a dataset split held in memory as tensors. Under torchrun the same loop runs data-parallel:
+batches come from a rank-aware index iterator, the model is wrapped in DDP, metrics are summed over ranks, and only
+rank 0 writes the checkpoint (the caller's `log` decides who prints).
 """
 from __future__ import annotations
 
 import copy
+import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from torchslim.errors import TorchslimError
+from torchslim.io import atomic_path
+from torchslim.training import dist
 from torchslim.training.config import TrainConfig
 
 # loss_fn(model, x, y, *extra) -> (loss, logits). `extra` are further tensors of the training set row-aligned with
@@ -62,13 +68,16 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch:
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1,
                   shuffle: bool = True) -> Iterator[torch.Tensor]:
-    """Shuffled row indices, in batches. With `world` > 1 each rank takes every world-th row of the same permutation
-    (the permutation is seeded identically on all ranks), padded so all ranks run the same number of steps."""
+    """Row indices in batches of `batch_size` (the global batch, whatever the number of processes).
+
+    Every rank draws the same permutation (same seed) and takes every world-th row of each global batch, so N
+    processes take the same optimizer steps on the same samples as one process would (DDP averages the gradients).
+    A last batch smaller than `world` is dropped so that no rank ever sees an empty batch.
+    """
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    if world > 1:
-        per_rank = math.ceil(n / world)
-        order = torch.cat([order, order[: per_rank * world - n]])[rank::world]
-    yield from order.split(batch_size)
+    for idx in order.split(batch_size):
+        if len(idx) >= world:
+            yield idx[rank::world]
 
 
 def _progress(enabled: bool | None, description: str, total: int):
@@ -116,6 +125,8 @@ def fit(
     loss_fn: LossFn | None = None,
     seed: int = 0,
     after_step: Callable[[], None] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    extra_state: dict[str, torch.Tensor] | None = None,
     stage: str = "train",
     log: Callable[[str], None] = print,
     progress: bool | None = None,
@@ -123,7 +134,10 @@ def fit(
     """Train `model` in place on `train_set` (tensors: x, y, *extra) and return the per-epoch history.
 
     With ``cfg.keep == "best"`` and a validation split, the weights of the best validation epoch are restored at the
-    end. `after_step` runs after every optimizer step (pruning uses it to hold masks at zero). A progress bar is
+    end. `after_step` runs after every optimizer step (pruning uses it to hold masks at zero). With `checkpoint`,
+    the full training state (model, optimizer, schedule, RNG states, `extra_state` such as pruning masks, epoch) is
+    written there atomically after every epoch, and a run that finds the file continues after its last epoch.
+    Under torchrun the model is wrapped in DDP and each global batch is split across ranks. A progress bar is
     shown while an epoch runs when `progress` is True, or by default when stderr is a terminal.
 
     Example:
@@ -138,19 +152,24 @@ def fit(
     gen = torch.Generator().manual_seed(seed)
     result = FitResult()
     best_state = None
+    start = 1
+    if checkpoint is not None and Path(checkpoint).is_file():
+        start, best_state = _restore(checkpoint, model, opt, sched, gen, result, extra_state)
+        log(f"[{stage}] resumed from {checkpoint} after epoch {start - 1}")
+    net = dist.wrap(model)  # DDP (one gradient all-reduce per step) when launched by torchrun, else the model
     if cfg.jitter:
         from torchslim.data.augment import random_shift
 
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(start, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
-        bar = _progress(progress, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
-        for step, idx in enumerate(bar(batch_indices(n, cfg.batch_size, gen)), start=1):
+        bar = _progress(progress if dist.is_main() else False, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
+        for step, idx in enumerate(bar(batch_indices(n, cfg.batch_size, gen, dist.rank(), dist.world())), start=1):
             x, y, *extra = (t[idx] for t in tensors)
             if cfg.jitter:
                 x = random_shift(x, cfg.jitter, gen)
-            loss, logits = loss_fn(model, x, y, *extra)
+            loss, logits = loss_fn(net, x, y, *extra)
             if not torch.isfinite(loss):
                 raise TorchslimError(
                     f"stage '{stage}': loss became {loss.item()} at epoch {epoch}, batch {step}; "
@@ -166,7 +185,8 @@ def fit(
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
 
-        val_acc = accuracy_of(model, val_set)
+        total_loss, correct, seen = dist.all_sum(total_loss, correct, seen)
+        val_acc = accuracy_of(model, val_set)  # every rank holds the same weights, so the same value
         record = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen,
                   "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         result.history.append(record)
@@ -177,6 +197,9 @@ def fit(
             result.best_val_accuracy, result.best_epoch = val_acc, epoch
             if cfg.keep == "best":
                 best_state = copy.deepcopy(model.state_dict())
+        if checkpoint is not None and dist.is_main():
+            _save(checkpoint, epoch, model, opt, sched, gen, result, best_state, extra_state)
+        dist.barrier()  # no rank races ahead of the checkpoint (a resume must find every rank's last epoch there)
 
     if cfg.keep == "best" and best_state is not None and result.best_epoch != cfg.epochs:
         model.load_state_dict(best_state)
@@ -184,6 +207,36 @@ def fit(
             f"{100 * result.best_val_accuracy:.2f}%)")
     model.eval()
     return result
+
+
+def _save(path, epoch, model, opt, sched, gen, result, best_state, extra_state) -> None:
+    """The whole training state, atomically. torch.save here is read back with weights_only=True (no code runs)."""
+    state = {
+        "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+        "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "best_state": best_state,
+        "history": json.dumps(result.history), "best_epoch": result.best_epoch,
+        "best_val_accuracy": result.best_val_accuracy, "extra_state": extra_state or {},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _restore(path, model, opt, sched, gen, result, extra_state) -> tuple[int, dict | None]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which and stop
+        raise TorchslimError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}; "
+                             f"delete it to restart the stage") from None
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    result.history = json.loads(state["history"])
+    result.best_epoch, result.best_val_accuracy = state["best_epoch"], state["best_val_accuracy"]
+    for key, tensor in (extra_state or {}).items():
+        tensor.copy_(state["extra_state"][key])
+    return state["epoch"] + 1, state["best_state"]
 
 
 def train(model: nn.Module, data, cfg: TrainConfig, *, seed: int = 0, stage: str = "train",
