@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe field, e.g. --set stages.distill.temperature=8 (repeatable)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out: finished stages are reloaded, the interrupted one "
+                          "continues from its last finished epoch")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
     val = sub.add_parser("validate", help="check a recipe and print it with every default filled in")
     val.add_argument("recipe")
@@ -72,7 +75,9 @@ def _dispatch(args) -> int:
 
     out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    report = run_recipe(recipe, out, log=log)
+    report = run_recipe(recipe, out, log=log, resume=args.resume)
+    if report is None:  # a torchrun rank other than 0: rank 0 prints and writes the report
+        return 0
     print_table(report)
     print(f"report: {out / 'report.md'}  {out / 'report.html'}  {out / 'report.json'}")
     return 0

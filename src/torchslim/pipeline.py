@@ -2,10 +2,16 @@
 
 Each stage reads the run state (data, teacher, current model) and adds exactly one artifact. Stages copy the model
 they start from, so every artifact in the report is the model as that stage left it.
+
+A run survives being killed: training stages checkpoint their full state every epoch into `<out>/checkpoints/`,
+and `progress.json` lists the stages already finished. `run_recipe(..., resume=True)` reloads finished stages from
+their artifacts (never redoing them) and continues the interrupted one from its last finished epoch. Under torchrun
+every rank trains; rank 0 alone writes files, exports, quantizes and evaluates.
 """
 from __future__ import annotations
 
 import copy
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +21,11 @@ import torch
 from torch import nn
 
 from torchslim.artifact import Artifact
-from torchslim.io import atomic_write_text, load_checkpoint, save_checkpoint
+from torchslim.errors import TorchslimError
+from torchslim.io import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
 from torchslim.recipe import ModelSpec, Recipe, dump_recipe, stage_name
 from torchslim.registry import Registry
+from torchslim.training import dist
 
 Log = Callable[[str], None]
 STAGES: Registry[Callable[..., Artifact]] = Registry("stage")
@@ -42,7 +50,14 @@ class RunState:
                             **spec.args)
 
     def save(self, model: nn.Module, name: str, meta: dict) -> Path:
-        return save_checkpoint(model, self.out / f"{name}.safetensors", meta)
+        path = self.out / f"{name}.safetensors"
+        if dist.is_main():
+            save_checkpoint(model, path, meta)
+        return path
+
+    def checkpoint(self, name: str) -> Path:
+        """Where a training stage keeps its per-epoch state (removed once the stage is finished)."""
+        return self.out / "checkpoints" / f"{name.replace(' ', '-')}.pt"
 
 
 def _fit_info(result) -> dict:
@@ -62,7 +77,7 @@ def _teacher(state: RunState) -> Artifact:
         from torchslim.training import fit
 
         info = _fit_info(fit(model, state.data.train, state.data.val, spec.train, seed=state.recipe.seed,
-                             stage="teacher", log=state.log))
+                             checkpoint=state.checkpoint("teacher"), stage="teacher", log=state.log))
     path = state.save(model, "teacher", {"model": spec.model, "args": spec.args})
     return Artifact("teacher", "teacher", "pytorch", path, model.eval(), info)
 
@@ -73,9 +88,8 @@ def _train(st, state: RunState, seed: int) -> Artifact:
 
     torch.manual_seed(seed)
     model = state.create(state.recipe.student)
-    info = _fit_info(fit(model, state.data.train, state.data.val, st.train, seed=seed, stage=stage_name(st),
-                         log=state.log))
-    state.student = state.student or stage_name(st)
+    info = _fit_info(fit(model, state.data.train, state.data.val, st.train, seed=seed,
+                         checkpoint=state.checkpoint(stage_name(st)), stage=stage_name(st), log=state.log))
     return _pytorch_artifact(st, state, model, info)
 
 
@@ -87,9 +101,8 @@ def _distill(st, state: RunState, seed: int) -> Artifact:
     model = state.create(state.recipe.student)
     kd = KDConfig(**st.model_dump(include=set(KDConfig.model_fields)))
     info = _fit_info(distill(model, state.teacher, state.data, kd, st.train, seed=seed,
-                             stage=stage_name(st), log=state.log))
+                             checkpoint=state.checkpoint(stage_name(st)), stage=stage_name(st), log=state.log))
     info["kd"] = kd.model_dump()
-    state.student = state.student or stage_name(st)
     return _pytorch_artifact(st, state, model, info)
 
 
@@ -105,6 +118,7 @@ def _prune(st, state: RunState, seed: int) -> Artifact:
         masks = prune_(model, cfg, sparsity=target)
         state.log(f"[{stage_name(st)}] round {k}: pruned to {100 * masks.overall():.1f}% sparsity ({cfg.scope})")
         fitted = fit(model, state.data.train, state.data.val, st.train, seed=seed + k, after_step=masks.apply,
+                     checkpoint=state.checkpoint(f"{stage_name(st)} round {k}"), extra_state=masks.masks,
                      stage=f"{stage_name(st)} round {k}", log=state.log) if st.train.epochs else None
         rounds.append({"target": target, "sparsity": masks.overall(), **(_fit_info(fitted) if fitted else {})})
     # Masked weights are exact zeros in the weight tensors themselves, so the sparsity is already permanent: the
@@ -124,7 +138,8 @@ def _finetune(st, state: RunState, seed: int) -> Artifact:
     masks = Masks(layers, {n: (m.weight != 0).float() for n, m in layers.items()})
     sparse = masks.overall() > 0.01  # a dense model has no zeros worth holding
     info = _fit_info(fit(model, state.data.train, state.data.val, st.train, seed=seed,
-                         after_step=masks.apply if sparse else None, stage=stage_name(st), log=state.log))
+                         after_step=masks.apply if sparse else None, extra_state=masks.masks if sparse else None,
+                         checkpoint=state.checkpoint(stage_name(st)), stage=stage_name(st), log=state.log))
     if sparse:
         info.update(sparsity=masks.sparsity(), overall_sparsity=masks.overall())
     return _pytorch_artifact(st, state, model, info)
@@ -158,15 +173,56 @@ def _quantize(st, state: RunState, seed: int) -> Artifact:
     return art
 
 
+TRAINING_STAGES = ("train", "distill", "prune", "finetune")  # the ones every rank must run under torchrun
+
+
 def _pytorch_artifact(st, state: RunState, model: nn.Module, info: dict) -> Artifact:
     path = state.save(model, stage_name(st), {"stage": st.type, "model": state.recipe.student.model
                                               if st.type in ("train", "distill") else None})
-    state.model = model.eval()
-    return Artifact(stage_name(st), st.type, "pytorch", path, state.model, info)
+    return Artifact(stage_name(st), st.type, "pytorch", path, model.eval(), info)
 
 
-def run_recipe(recipe: Recipe, out: str | Path, log: Log = print) -> dict:
+def _reload(st, state: RunState, done: dict) -> Artifact:
+    """A finished stage's artifact, rebuilt from its files instead of being recomputed."""
+    path, info = Path(done["path"]), done["info"]
+    if st is None:  # the teacher
+        model = state.create(state.recipe.teacher)
+        return Artifact("teacher", "teacher", "pytorch", path, load_checkpoint(model, path).eval(), info)
+    if st.type in TRAINING_STAGES:
+        model = state.create(state.recipe.student) if st.type in ("train", "distill") else copy.deepcopy(state.model)
+        return Artifact(stage_name(st), st.type, "pytorch", path, load_checkpoint(model, path).eval(), info)
+    return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model, info)
+
+
+def _start(recipe: Recipe, out: Path, resume: bool) -> dict:
+    """Prepare the run folder; return the finished stages recorded by an earlier, interrupted run."""
+    progress = out / "progress.json"
+    saved = out / "recipe.yaml"
+    done: dict = {}
+    if resume:
+        if not saved.is_file():
+            raise TorchslimError(f"--resume: {out} holds no earlier run (no recipe.yaml); drop --resume to start one")
+        if saved.read_text() != dump_recipe(recipe):
+            raise TorchslimError(f"--resume: the recipe differs from the one {out} was started with ({saved}); "
+                                 f"use a new --out, or drop --resume to start over")
+        done = json.loads(progress.read_text()) if progress.is_file() else {}
+    if dist.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.rglob(".*.tmp"):  # left by a kill in the middle of a write; never a finished file
+            stale.unlink()
+        if not resume:
+            for old in [progress, *(out / "checkpoints").glob("*.pt")]:
+                old.unlink(missing_ok=True)
+        atomic_write_text(saved, dump_recipe(recipe))
+    dist.barrier()
+    return done
+
+
+def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool = False) -> dict | None:
     """Run every stage of `recipe` into the folder `out`, evaluate all artifacts, write the report; return it.
+
+    With `resume`, finished stages are reloaded from `out` and the interrupted one continues from its last epoch.
+    Under torchrun, ranks other than 0 train alongside and return None.
 
     Example:
         >>> report = run_recipe(load_recipe("recipes/digits.yaml"), "runs/demo")   # doctest: +SKIP
@@ -174,35 +230,54 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print) -> dict:
     from torchslim.data import load_dataset
     from torchslim.evaluation import LatencyConfig, build_report, evaluate, write_report
 
+    dist.init()
+    log = log if dist.is_main() else (lambda msg: None)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "recipe.yaml", dump_recipe(recipe))
+    done = _start(recipe, out, resume)
     torch.manual_seed(recipe.seed)
     d = recipe.data
     data = load_dataset(d.name, d.root, val_size=d.val_size, pad_to=d.pad_to, limit_train=d.limit_train,
                         limit_test=d.limit_test)
     log(f"data: {d.name} from {data.source}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
-        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes")
+        f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
+        + (f"; {dist.world()} processes" if dist.world() > 1 else ""))
     state = RunState(recipe, out, data, log)
 
-    if recipe.teacher is not None:
+    steps = ([(None, "teacher", lambda: _teacher(state))] if recipe.teacher is not None else [])
+    steps += [(st, stage_name(st), (lambda st=st, i=i: STAGES.get(st.type)(st, state, recipe.seed + i + 1)))
+              for i, st in enumerate(recipe.stages)]
+    for st, name, run in steps:
         t0 = time.perf_counter()
-        art = _teacher(state)
-        state.teacher = state.model = art.model
+        if name in done:
+            art = _reload(st, state, done[name])
+            log(f"[{name}] finished in an earlier run: reloaded {art.path.name}")
+        elif st is not None and st.type not in TRAINING_STAGES and not dist.is_main():
+            continue  # export/quantize write files and change no weights: rank 0 alone runs them
+        else:
+            art = run()
+            if dist.is_main():
+                done[name] = {"path": str(art.path), "info": art.info}
+                atomic_write_json(out / "progress.json", done)
+                for ckpt in (out / "checkpoints").glob(f"{name.replace(' ', '-')}*.pt"):
+                    ckpt.unlink()
+            dist.barrier()
+        if st is None:
+            state.teacher = art.model
+        elif st.type in ("train", "distill"):
+            state.student = state.student or name
+        if art.runtime == "pytorch":
+            state.model = art.model
         state.artifacts.append(art)
-        state.seconds["teacher"] = time.perf_counter() - t0
-    for i, st in enumerate(recipe.stages):
-        t0 = time.perf_counter()
-        art = STAGES.get(st.type)(st, state, recipe.seed + i + 1)
-        state.artifacts.append(art)
-        state.seconds[stage_name(st)] = time.perf_counter() - t0
+        state.seconds[name] = time.perf_counter() - t0
 
+    if not dist.is_main():
+        return None
     ev = recipe.evaluate
     log(f"evaluating {len(state.artifacts)} artifacts (threads={ev.threads}, batch sizes {ev.batch_sizes})")
     latency = LatencyConfig(threads=ev.threads, batch_sizes=tuple(ev.batch_sizes), max_seconds=ev.max_seconds)
     records = evaluate(state.artifacts, data, latency=latency,
                        teacher="teacher" if recipe.teacher else None, student=state.student)
     report = build_report(records, recipe=recipe.model_dump(mode="json"), data=data, threads=ev.threads,
-                          meta={"stage_seconds": state.seconds}, latency=latency)
+                          meta={"stage_seconds": state.seconds, "processes": dist.world()}, latency=latency)
     write_report(report, out)
     return report

@@ -9,6 +9,7 @@ from torch import nn
 from torchslim.distillation.config import KDConfig
 from torchslim.distillation.losses import kd_loss
 from torchslim.training.config import TrainConfig
+from torchslim.training import dist
 from torchslim.training.loop import FitResult, fit, predict
 
 
@@ -25,6 +26,7 @@ def distill(
     train: TrainConfig,
     *,
     seed: int = 0,
+    checkpoint=None,
     stage: str = "distill",
     log: Callable[[str], None] = print,
 ) -> FitResult:
@@ -43,7 +45,9 @@ def distill(
     x, y = data.train.tensors[:2]
     if cache:
         log(f"[{stage}] caching teacher logits on {len(x)} training inputs")
-        t_logits = teacher_logits(teacher, x)
+        # Under torchrun rank 0 computes them once and shares them; no rank repeats the teacher's work.
+        t_logits = dist.broadcast(teacher_logits(teacher, x) if dist.is_main() else None,
+                                  (len(x), teacher(x[:1]).shape[1]))
         rows = torch.utils.data.TensorDataset(x, y, t_logits)
 
         def loss_fn(model, xb, yb, tb):
@@ -58,4 +62,4 @@ def distill(
             s = model(xb)
             return kd_loss(s, tb, yb, kd.temperature, kd.alpha), s
 
-    return fit(student, rows, data.val, train, loss_fn=loss_fn, seed=seed, stage=stage, log=log)
+    return fit(student, rows, data.val, train, loss_fn=loss_fn, seed=seed, checkpoint=checkpoint, stage=stage, log=log)

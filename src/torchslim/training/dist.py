@@ -76,9 +76,23 @@ def wrap(model: torch.nn.Module) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     # All ranks start from rank 0's weights (DDP broadcasts them at construction).
-    return DistributedDataParallel(model, broadcast_buffers=True)
+    return DistributedDataParallel(model)  # buffers (batch-norm statistics) follow rank 0 on every forward
 
 
 def shutdown() -> None:
     if active():
         dist.destroy_process_group()
+
+
+def check_in_sync(model: torch.nn.Module, where: str) -> None:
+    """Raise if any rank's weights differ from rank 0's (bit for bit). Debug aid: costs one all-gather per call,
+    enabled in `fit` by TORCHSLIM_CHECK_SYNC=1."""
+    if not active():
+        return
+    flat = torch.cat([p.detach().flatten().double() for p in model.parameters()])
+    gathered = [torch.empty_like(flat) for _ in range(world())]
+    dist.all_gather(gathered, flat)
+    for r, other in enumerate(gathered[1:], start=1):
+        if not torch.equal(gathered[0], other):
+            raise RuntimeError(f"rank {r} weights differ from rank 0 after {where} "
+                               f"(max |Δ| {(gathered[0] - other).abs().max().item():.3e})")

@@ -67,17 +67,20 @@ def make_schedule(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch:
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1,
-                  shuffle: bool = True) -> Iterator[torch.Tensor]:
-    """Row indices in batches of `batch_size` (the global batch, whatever the number of processes).
+                  shuffle: bool = True) -> Iterator[tuple[torch.Tensor, float]]:
+    """(rows, share) per step, in batches of `batch_size` (the global batch, whatever the number of processes).
 
     Every rank draws the same permutation (same seed) and takes every world-th row of each global batch, so N
-    processes take the same optimizer steps on the same samples as one process would (DDP averages the gradients).
-    A last batch smaller than `world` is dropped so that no rank ever sees an empty batch.
+    processes take the same optimizer steps on the same samples as one process would. DDP averages gradients over
+    ranks; a rank whose slice is larger or smaller than 1/world of the batch scales its mean loss by `share`
+    (= rows · world / global rows) so that the average is exactly the global batch mean. A last batch smaller than
+    `world` is dropped so that no rank ever sees an empty batch.
     """
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for idx in order.split(batch_size):
         if len(idx) >= world:
-            yield idx[rank::world]
+            rows = idx[rank::world]
+            yield rows, len(rows) * world / len(idx)
 
 
 def _progress(enabled: bool | None, description: str, total: int):
@@ -157,6 +160,7 @@ def fit(
         start, best_state = _restore(checkpoint, model, opt, sched, gen, result, extra_state)
         log(f"[{stage}] resumed from {checkpoint} after epoch {start - 1}")
     net = dist.wrap(model)  # DDP (one gradient all-reduce per step) when launched by torchrun, else the model
+    check_sync = dist.active() and os.environ.get("TORCHSLIM_CHECK_SYNC") == "1"
     if cfg.jitter:
         from torchslim.data.augment import random_shift
 
@@ -165,7 +169,8 @@ def fit(
         t0 = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
         bar = _progress(progress if dist.is_main() else False, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
-        for step, idx in enumerate(bar(batch_indices(n, cfg.batch_size, gen, dist.rank(), dist.world())), start=1):
+        for step, (idx, share) in enumerate(bar(batch_indices(n, cfg.batch_size, gen, dist.rank(), dist.world())),
+                                            start=1):
             x, y, *extra = (t[idx] for t in tensors)
             if cfg.jitter:
                 x = random_shift(x, cfg.jitter, gen)
@@ -176,11 +181,13 @@ def fit(
                     f"lower the learning rate (now {cfg.lr}) or check the inputs"
                 )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * share if share != 1 else loss).backward()
             opt.step()
             sched.step()
             if after_step is not None:
                 after_step()
+            if check_sync:
+                dist.check_in_sync(model, f"stage '{stage}' epoch {epoch} step {step}")
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
