@@ -18,6 +18,7 @@ REQUIRED = {"name", "stage", "runtime", "path", "accuracy", "errors", "params", 
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "digits"
+    torch.set_num_threads(1)  # module-scoped: runs before the autouse fixture; float sums depend on thread count
     code = main(["run", str(ROOT / "recipes/digits.yaml"), "--out", str(out), "--quiet",
                  "--set", "evaluate.max_seconds=0.05"])
     assert code == 0
@@ -101,3 +102,22 @@ def test_nan_loss_names_stage_epoch_and_batch():
     with pytest.raises(TorchslimError, match=r"stage 'teacher': loss became nan at epoch 1, batch 1"):
         fit(torch.nn.Linear(4, 2), data, None, TrainConfig(epochs=1, batch_size=16), stage="teacher",
             log=lambda m: None, seed=0)
+
+
+def _without_timings(node):
+    """The report minus what a clock or the run folder decides: latency, speedups, seconds, dates and paths."""
+    if isinstance(node, dict):
+        return {k: _without_timings(v) for k, v in node.items()
+                if k not in {"latency_ms", "speedup", "seconds", "stage_seconds", "created", "path"}}
+    if isinstance(node, list):
+        return [_without_timings(v) for v in node]
+    return node
+
+
+def test_same_seed_gives_identical_report(digits_run, tmp_path):
+    out, first = digits_run
+    assert main(["run", str(ROOT / "recipes/digits.yaml"), "--out", str(tmp_path / "again"), "--quiet",
+                 "--set", "evaluate.max_seconds=0.05"]) == 0
+    second = json.loads((tmp_path / "again" / "report.json").read_text())
+    assert _without_timings(first) == _without_timings(second)
+    assert first["artifacts"][1]["info"]["history"][0]["loss"] > 0  # the comparison covered the training curves

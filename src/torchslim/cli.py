@@ -34,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="continue an interrupted run in --out: finished stages are reloaded, the interrupted one "
                           "continues from its last finished epoch")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
-    val = sub.add_parser("validate", help="check a recipe and print it with every default filled in")
+    val = sub.add_parser("validate", help="check a recipe, load its data and build its models (no training); "
+                                          "print the recipe with every default filled in")
     val.add_argument("recipe")
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     lst = sub.add_parser("list", help="list what a recipe can name")
@@ -50,11 +51,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return _dispatch(args)
-    except _ArgumentError as e:
-        print(f"torchslim: error: {e}", file=sys.stderr)
-        return 2
-    except TorchslimError as e:
-        print(f"torchslim: error: {e}", file=sys.stderr)
+    except (_ArgumentError, TorchslimError) as e:
+        # One line, whatever the message echoes back from the input (a value may itself contain a newline).
+        print("torchslim: error: " + " ".join(str(e).splitlines()) if str(e).strip() else "torchslim: error",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("torchslim: interrupted", file=sys.stderr)
@@ -68,7 +68,11 @@ def _dispatch(args) -> int:
         return _list(args.what)
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "validate":
+        from torchslim.pipeline import check_recipe
+
+        summary = check_recipe(recipe)
         print(dump_recipe(recipe), end="")
+        print(f"# ok: {summary}")
         return 0
     from torchslim.evaluation import print_table
     from torchslim.pipeline import run_recipe

@@ -70,7 +70,9 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None
     # safetensors refuses tensors that share memory; clone so tied or viewed weights still save.
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "producer": "torchslim"})
+        # One metadata key only: safetensors writes the metadata map in hash order, and identical weights must give
+        # byte-identical files (same seed, same bytes, same lzma size in the report).
+        save_file(state, str(tmp), metadata={"format": "pt"})
     if meta is not None:
         atomic_write_json(path.with_suffix(".json"), meta)
     return path

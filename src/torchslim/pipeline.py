@@ -218,6 +218,32 @@ def _start(recipe: Recipe, out: Path, resume: bool) -> dict:
     return done
 
 
+def _load_data(recipe: Recipe):
+    from torchslim.data import load_dataset
+
+    d = recipe.data
+    return load_dataset(d.name, d.root, val_size=d.val_size, pad_to=d.pad_to, limit_train=d.limit_train,
+                        limit_test=d.limit_test)
+
+
+def check_recipe(recipe: Recipe) -> dict:
+    """Everything short of training: load the data and build the teacher and student, so that a bad model
+    argument or a missing data file shows up before any work starts. Returns a short summary."""
+    data = _load_data(recipe)
+    state = RunState(recipe, Path("."), data, lambda m: None)
+    summary = {"data": data.name, "train": len(data.train), "test": len(data.test),
+               "input_shape": list(data.input_shape), "num_classes": data.num_classes}
+    for role in ("teacher", "student"):
+        spec = getattr(recipe, role)
+        if spec is not None:
+            try:
+                model = state.create(spec)
+            except TorchslimError as e:
+                raise TorchslimError(f"{role}: {e}") from None
+            summary[role] = {"model": spec.model, "params": sum(p.numel() for p in model.parameters())}
+    return summary
+
+
 def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool = False) -> dict | None:
     """Run every stage of `recipe` into the folder `out`, evaluate all artifacts, write the report; return it.
 
@@ -227,7 +253,6 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
     Example:
         >>> report = run_recipe(load_recipe("recipes/digits.yaml"), "runs/demo")   # doctest: +SKIP
     """
-    from torchslim.data import load_dataset
     from torchslim.evaluation import LatencyConfig, build_report, evaluate, write_report
 
     dist.init()
@@ -235,10 +260,8 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
     out = Path(out)
     done = _start(recipe, out, resume)
     torch.manual_seed(recipe.seed)
-    d = recipe.data
-    data = load_dataset(d.name, d.root, val_size=d.val_size, pad_to=d.pad_to, limit_train=d.limit_train,
-                        limit_test=d.limit_test)
-    log(f"data: {d.name} from {data.source}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
+    data = _load_data(recipe)
+    log(f"data: {recipe.data.name} from {data.source}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
         f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
         + (f"; {dist.world()} processes" if dist.world() > 1 else ""))
     state = RunState(recipe, out, data, log)

@@ -255,8 +255,8 @@ def _check_keys(raw: Any, model: type[BaseModel], where: str) -> None:
                     if kind is None:
                         raise TorchslimError(f"stages[{i}].type: required field is missing; "
                                              f"valid choices: {', '.join(STAGE_TYPES)}")
-                    if kind not in STAGE_TYPES:
-                        raise TorchslimError(f"stages[{i}].type: unknown stage type '{kind}'"
+                    if not isinstance(kind, str) or kind not in STAGE_TYPES:
+                        raise TorchslimError(f"stages[{i}].type: unknown stage type {kind!r}"
                                              f"{did_you_mean(str(kind), STAGE_TYPES)}; valid choices: {', '.join(STAGE_TYPES)}")
                     _check_keys(st, STAGE_TYPES[kind], f"stages[{i}]")
         elif (sub := _model_class(annotation)) is not None:
