@@ -1,9 +1,11 @@
 """Post-training int8 quantization executed by ONNX Runtime's quantizer; the result runs in ONNX Runtime."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -33,11 +35,17 @@ def _calibration_reader(x: torch.Tensor, cfg: StaticInt8Config, seed: int):
     return Reader()
 
 
-def _preprocess(src: Path, dst: Path) -> None:
-    """Shape inference + graph optimization (e.g. folding batch norm into conv) before quantization, as ORT advises."""
+@contextlib.contextmanager
+def _quantizable_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> Iterator[Path]:
+    """`model` exported to a temporary ONNX file, shape-inferred and optimized (e.g. batch norm folded into conv)
+    as ORT's quantizer advises; the file disappears after the block."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prep = Path(tmp) / "fp32.onnx", Path(tmp) / "prep.onnx"
+        export_onnx(model, fp32, input_shape)
+        quant_pre_process(str(fp32), str(prep), skip_symbolic_shape=True)
+        yield prep
 
 
 def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, calibration_x: torch.Tensor,
@@ -52,10 +60,7 @@ def quantize_static_int8(model: nn.Module, cfg: StaticInt8Config, calibration_x:
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[cfg.calibration]
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, prep = Path(tmp) / "fp32.onnx", Path(tmp) / "prep.onnx"
-        export_onnx(model, fp32, input_shape)
-        _preprocess(fp32, prep)
+    with _quantizable_onnx(model, input_shape) as prep:
         with atomic_path(out_path) as dst, _quiet_ort_logging():
             quantize_static(str(prep), str(dst), _calibration_reader(calibration_x, cfg, seed),
                             quant_format=QuantFormat.QDQ, per_channel=cfg.per_channel,
@@ -70,10 +75,7 @@ def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, out_path: st
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        fp32, prep = Path(tmp) / "fp32.onnx", Path(tmp) / "prep.onnx"
-        export_onnx(model, fp32, input_shape)
-        _preprocess(fp32, prep)
+    with _quantizable_onnx(model, input_shape) as prep:
         with atomic_path(out_path) as dst, _quiet_ort_logging():
             quantize_dynamic(str(prep), str(dst), per_channel=cfg.per_channel, weight_type=QuantType.QInt8)
     return out_path
