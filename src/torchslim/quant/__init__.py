@@ -1,5 +1,20 @@
-"""Quantization: post-training static and dynamic int8 for ONNX Runtime."""
-from torchslim.quant.config import DynamicInt8Config, StaticInt8Config
-from torchslim.quant.ort import quantize, quantize_dynamic_int8, quantize_static_int8
+"""Quantization: fake-quant PTQ and QAT with torchslim's own grids, QDQ export, and ONNX Runtime's int8 quantizer.
 
-__all__ = ["quantize", "StaticInt8Config", "DynamicInt8Config", "quantize_static_int8", "quantize_dynamic_int8"]
+Example:
+    >>> from torchslim.quant import QuantConfig, QuantSpec, ptq, export_qdq          # doctest: +SKIP
+    >>> qmodel = ptq(model, QuantConfig(weight=QuantSpec(bits=4, per_channel=True)), data.train.tensors[0])  # doctest: +SKIP
+    >>> export_qdq(qmodel, "model.int8.onnx", data.input_shape)                      # doctest: +SKIP
+"""
+from torchslim.quant.config import DynamicInt8Config, StaticInt8Config
+from torchslim.quant.export import export_qdq, ort_kernels
+from torchslim.quant.fakequant import FakeQuant, fake_quantize
+from torchslim.quant.observers import OBSERVERS, Observer, qparams_from_range
+from torchslim.quant.ort import quantize, quantize_dynamic_int8, quantize_static_int8
+from torchslim.quant.prepare import QuantConv2d, QuantLinear, calibrate, fold_batchnorm, prepare, ptq, qat
+from torchslim.quant.spec import QuantConfig, QuantSpec
+
+__all__ = [
+    "quantize", "StaticInt8Config", "DynamicInt8Config", "quantize_static_int8", "quantize_dynamic_int8",
+    "QuantSpec", "QuantConfig", "OBSERVERS", "Observer", "qparams_from_range", "FakeQuant", "fake_quantize",
+    "QuantConv2d", "QuantLinear", "fold_batchnorm", "prepare", "calibrate", "ptq", "qat", "export_qdq", "ort_kernels",
+]
