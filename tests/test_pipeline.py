@@ -121,3 +121,21 @@ def test_same_seed_gives_identical_report(digits_run, tmp_path):
     second = json.loads((tmp_path / "again" / "report.json").read_text())
     assert _without_timings(first) == _without_timings(second)
     assert first["artifacts"][1]["info"]["history"][0]["loss"] > 0  # the comparison covered the training curves
+
+
+def test_ptq_and_qat_stages_export_int8_onnx_that_matches_the_fake_quant_model(tmp_path):
+    recipe = {"data": {"name": "digits"}, "teacher": {"model": "resnet8", "train": {"epochs": 2, "lr": 0.003}},
+              "stages": [{"type": "ptq", "name": "w8a8"},
+                         {"type": "qat", "name": "w4a4", "weight": {"bits": 4, "per_channel": True},
+                          "activation": {"bits": 4, "symmetric": False}, "train": {"epochs": 1, "lr": 5e-4}}],
+              "evaluate": {"max_seconds": 0.01}}
+    p = tmp_path / "q.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(p), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    art = {a["name"]: a for a in json.loads((tmp_path / "o" / "report.json").read_text())["artifacts"]}
+    for name in ("w8a8", "w4a4"):
+        assert art[name]["runtime"] == "onnxruntime"
+        assert art[name]["info"]["verification"]["top1_agreement"] >= 0.995
+        assert art[name]["info"]["kernels"].get("QLinearConv", 0) > 0  # ONNX Runtime really runs int8 convolutions
+    assert abs(art["w8a8"]["accuracy"] - art["teacher"]["accuracy"]) <= 0.02
+    assert art["w4a4"]["info"]["history"]  # it trained

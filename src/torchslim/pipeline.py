@@ -173,7 +173,48 @@ def _quantize(st, state: RunState, seed: int) -> Artifact:
     return art
 
 
-TRAINING_STAGES = ("train", "distill", "prune", "finetune")  # the ones every rank must run under torchrun
+@STAGES.register("ptq", help="torchslim's own 2-8 bit post-training quantization, exported as QDQ ONNX")
+def _ptq(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.quant import QuantConfig, ptq
+
+    cfg = QuantConfig(**st.model_dump(include=set(QuantConfig.model_fields)))
+    qm = ptq(state.model, cfg, state.data.train.tensors[0], seed=seed)
+    return _quantized_artifact(st, state, qm, {"quant": cfg.model_dump()})
+
+
+@STAGES.register("qat", help="quantization-aware training (optionally distilled), exported as QDQ ONNX")
+def _qat(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.distillation import KDConfig
+    from torchslim.quant import QuantConfig, qat
+
+    cfg = QuantConfig(**st.model_dump(include=set(QuantConfig.model_fields)))
+    kd = KDConfig(temperature=st.temperature, alpha=st.alpha) if st.distill else None
+    qm, fitted = qat(state.model, cfg, state.data, st.train, teacher=state.model if st.distill else None, kd=kd,
+                     seed=seed, checkpoint=state.checkpoint(stage_name(st)), stage=stage_name(st), log=state.log)
+    if not dist.is_main():
+        return Artifact(stage_name(st), st.type, "onnxruntime", state.out / f"{stage_name(st)}.onnx", state.model)
+    return _quantized_artifact(st, state, qm, {"quant": cfg.model_dump(), **_fit_info(fitted)})
+
+
+def _quantized_artifact(st, state: RunState, qm: nn.Module, info: dict) -> Artifact:
+    """Export a fake-quant model with its own scales and check ONNX Runtime against it and against fp32."""
+    from torchslim.export import compare_logits, ort_logits, ort_session
+    from torchslim.quant import export_qdq, ort_kernels
+    from torchslim.training import predict
+
+    path = export_qdq(qm, state.out / f"{stage_name(st)}.onnx", state.data.input_shape, opset=st.opset)
+    x = state.data.test.tensors[0]
+    onnx_logits = ort_logits(ort_session(path, state.recipe.evaluate.threads), x)
+    info["verification"] = compare_logits(predict(qm, x).numpy(), onnx_logits)  # ORT vs the fake-quant model
+    info["vs_fp32"] = compare_logits(predict(state.model, x).numpy(), onnx_logits)
+    info["kernels"] = ort_kernels(path)
+    state.log(f"[{stage_name(st)}] ONNX Runtime vs fake-quant model: top-1 agreement "
+              f"{100 * info['verification']['top1_agreement']:.2f}%; vs fp32: {100 * info['vs_fp32']['top1_agreement']:.2f}%")
+    return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model, info)
+
+
+TRAINING_STAGES = ("train", "distill", "prune", "finetune")  # stages whose artifact is a PyTorch model
+EVERY_RANK = TRAINING_STAGES + ("qat",)  # the ones every rank must run under torchrun
 
 
 def _pytorch_artifact(st, state: RunState, model: nn.Module, info: dict) -> Artifact:
@@ -274,8 +315,8 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
         if name in done:
             art = _reload(st, state, done[name])
             log(f"[{name}] finished in an earlier run: reloaded {art.path.name}")
-        elif st is not None and st.type not in TRAINING_STAGES and not dist.is_main():
-            continue  # export/quantize write files and change no weights: rank 0 alone runs them
+        elif st is not None and st.type not in EVERY_RANK and not dist.is_main():
+            continue  # export/quantize/ptq write files and change no weights: rank 0 alone runs them
         else:
             art = run()
             if dist.is_main():

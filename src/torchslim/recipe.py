@@ -27,6 +27,7 @@ from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.export.config import ExportConfig
 from torchslim.prune.config import MagnitudePruneConfig
 from torchslim.quant.config import StaticInt8Config
+from torchslim.quant.spec import QuantConfig
 from torchslim.training.config import TrainConfig
 
 RECIPE_VERSION = 1
@@ -85,6 +86,23 @@ class QuantizeStage(_Stage, StaticInt8Config):
     mode: Literal["static", "dynamic"] = "static"
 
 
+class PTQStage(_Stage, QuantConfig):
+    """torchslim's own post-training quantization (2-8 bit weights and activations, choice of observer), exported
+    as QDQ ONNX with torchslim's scales so ONNX Runtime runs integer kernels."""
+    type: Literal["ptq"]
+    opset: int = Field(17, ge=13, le=21)
+
+
+class QATStage(_Stage, QuantConfig):
+    """Quantization-aware training from the current model (optionally distilled from it), exported as QDQ ONNX."""
+    type: Literal["qat"]
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-4))
+    distill: bool = Field(False, description="distill from the fp32 current model while training")
+    temperature: float = Field(4.0, gt=0, le=100)
+    alpha: float = Field(0.5, ge=0, le=1)
+    opset: int = Field(17, ge=13, le=21)
+
+
 class ExportStage(_Stage, ExportConfig):
     """Export the current model to ONNX (fp32) and verify it against PyTorch."""
     type: Literal["export"]
@@ -92,7 +110,7 @@ class ExportStage(_Stage, ExportConfig):
 
 STAGE_TYPES: dict[str, type[_Stage]] = {
     "train": TrainStage, "distill": DistillStage, "prune": PruneStage,
-    "finetune": FinetuneStage, "quantize": QuantizeStage, "export": ExportStage,
+    "finetune": FinetuneStage, "quantize": QuantizeStage, "ptq": PTQStage, "qat": QATStage, "export": ExportStage,
 }
 Stage = Annotated[Union[tuple(STAGE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
@@ -128,7 +146,7 @@ class Recipe(Config):
                 raise ValueError(f"{where}: needs a `student:` section (the model to {st.type})")
             if st.type == "distill" and self.teacher is None:
                 raise ValueError(f"{where}: needs a `teacher:` section to distill from")
-            if st.type in ("prune", "finetune", "quantize", "export") and not have_model:
+            if st.type not in ("train", "distill") and not have_model:
                 raise ValueError(f"{where}: needs a model, but no teacher and no earlier train/distill stage made one")
             have_model = True
         return self
