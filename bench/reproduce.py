@@ -70,10 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     from torchslim.pipeline import run_recipe
     from torchslim.recipe import load_recipe
 
+    from torchslim.errors import TorchslimError
+
     recipe_path, check = EXPERIMENTS[args.experiment]
-    recipe = load_recipe(ROOT / recipe_path, args.overrides)
     t0 = time.perf_counter()
-    report = run_recipe(recipe, ROOT / "bench" / "out" / args.experiment, log=lambda m: print(m, flush=True))
+    try:
+        recipe = load_recipe(ROOT / recipe_path, args.overrides)
+        report = run_recipe(recipe, ROOT / "bench" / "out" / args.experiment, log=lambda m: print(m, flush=True))
+    except TorchslimError as e:
+        print(f"reproduce: error: {e}", file=sys.stderr)
+        return 2
     targets = check(report)
     result = {
         "experiment": args.experiment, "recipe": recipe_path, "overrides": args.overrides,

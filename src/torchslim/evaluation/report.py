@@ -1,7 +1,8 @@
 """Writers for the report built by :func:`torchslim.evaluation.build_report`: JSON, markdown, HTML and a console table.
 
 The markdown and HTML files show the same content: one table over all artifacts, notes on how each number was
-measured, and a section per artifact with its stage-specific facts (``info``). The HTML file is self-contained
+measured (including :func:`speed_notes`: every quantized artifact that is not faster than its fp32 source, and why
+it may not be), and a section per artifact with its stage-specific facts (``info``). The HTML file is self-contained
 (inline CSS, plots embedded as base64 PNG), so it can be mailed or archived as one file.
 
 Example:
@@ -189,7 +190,100 @@ def _notes(report: dict) -> list[tuple[str, str]]:
             f"torch {machine.get('torch', _DASH)}, onnxruntime {machine.get('onnxruntime', _DASH)}; "
             f"torchslim {report.get('torchslim_version', _DASH)}, created {report.get('created', _DASH)}.",
         ),
-    ]
+    ] + [("Speed", note) for note in speed_notes(report)]
+
+
+# Speed notes: is every quantized artifact faster than the float model it came from?
+
+_QUANT_STAGES = ("quantize", "ptq", "qat")
+# Float compute ops as they appear in ONNX Runtime's optimized graph: a layer left in float runs as one of these.
+_FLOAT_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose", "NhwcConv")
+_CONVERSIONS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
+_TINY_MACS = 20e6  # MACs per call below which fixed per-call costs (session run, conversions) rival the arithmetic
+
+
+def _is_quantized(record: dict) -> bool:
+    info = record.get("info") or {}
+    return "kernels" in info or "quant" in info or info.get("mode") in ("static", "dynamic") or (
+        record.get("stage") in _QUANT_STAGES)
+
+
+def _sources(records: list[dict]) -> list[str | None]:
+    """The PyTorch model each record was made from: ``info["source"]`` if given, else the record itself for a
+    PyTorch artifact, else the nearest PyTorch artifact before it (a pipeline stage starts from the current model,
+    which is the last PyTorch artifact)."""
+    sources, last = [], None
+    for r in records:
+        if r.get("runtime") == "pytorch":
+            last = r["name"]
+        sources.append((r.get("info") or {}).get("source") or (r["name"] if r.get("runtime") == "pytorch" else last))
+    return sources
+
+
+def _reasons(record: dict, batch: str) -> list[str]:
+    info = record.get("info") or {}
+    kernels: dict = info.get("kernels") or {}
+    reasons = []
+    if kernels:
+        from torchslim.quant.export import INT8_KERNELS
+
+        floats = {op: n for op, n in kernels.items() if op in _FLOAT_OPS and n}
+        if floats:
+            count = sum(floats.values())
+            reasons.append(f"{count} layer{'s' if count != 1 else ''} left in float ({', '.join(sorted(floats))})")
+        if not any(kernels.get(op) for op in INT8_KERNELS):
+            reasons.append("ONNX Runtime fused no int8 kernels, so it ran float layers plus conversions")
+        conversions = sum(kernels.get(op, 0) for op in _CONVERSIONS)
+        if conversions > 2 and floats:  # one Quantize at the input and one Dequantize at the output are inevitable
+            reasons.append(f"{conversions} int8↔float conversions (QuantizeLinear/DequantizeLinear) around them")
+    if info.get("mode") == "dynamic":
+        reasons.append("dynamic quantization measures and quantizes every activation on each call")
+    macs = record.get("macs")
+    if macs is not None and macs * int(batch) < _TINY_MACS:
+        millions = macs / 1e6
+        per_call = f"{millions:.2g} M MACs" if millions < 10 else f"{millions:.0f} M MACs"
+        per_call += f" × {batch}" if batch != "1" else ""
+        reasons.append(f"the model is tiny ({per_call} per call), so per-call overhead dominates")
+    if not reasons:
+        reasons.append("the int8 kernels' requantization between layers costs as much as the narrower arithmetic "
+                       "saves for this model on this CPU")
+    return reasons
+
+
+def speed_notes(report: dict) -> list[str]:
+    """One plain sentence for every quantized artifact and batch size at which it is NOT faster than the fp32
+    artifact of the same source model (its fp32 ONNX export if the report has one, else the PyTorch model), with the
+    likely reasons read from the record: layers left in float (``info["kernels"]`` from ``ort_kernels``), dynamic
+    quantization, a tiny model.
+
+    Example:
+        >>> report = {"artifacts": [
+        ...     {"name": "teacher", "runtime": "pytorch", "macs": 800_000, "latency_ms": {"1": {"p50": 0.05}}},
+        ...     {"name": "onnx", "stage": "export", "runtime": "onnxruntime", "latency_ms": {"1": {"p50": 0.018}}},
+        ...     {"name": "int8", "stage": "ptq", "runtime": "onnxruntime", "macs": 800_000,
+        ...      "info": {"kernels": {"QLinearConv": 2}}, "latency_ms": {"1": {"p50": 0.020}}}]}
+        >>> print(*speed_notes(report))  # doctest: +ELLIPSIS
+        int8 is not faster than onnx at batch 1 (0.020 vs 0.018 ms p50): the model is tiny (0.8 M MACs per call), ...
+    """
+    records = report.get("artifacts") or []
+    sources = _sources(records)
+    notes = []
+    for record, source in zip(records, sources):
+        if not _is_quantized(record) or source is None:
+            continue
+        fp32_onnx = [r for r, s in zip(records, sources)
+                     if s == source and r.get("runtime") == "onnxruntime" and not _is_quantized(r)]
+        pytorch = [r for r in records if r["name"] == source and r.get("runtime") == "pytorch"]
+        baseline = (fp32_onnx or pytorch or [None])[0]
+        if baseline is None:
+            continue
+        for batch in _batch_keys([record]):
+            ours, theirs = _p50(record, batch), _p50(baseline, batch)
+            if ours is None or theirs is None or ours < theirs:
+                continue
+            notes.append(f"{record['name']} is not faster than {baseline['name']} at batch {batch} "
+                         f"({_fmt_ms(ours)} vs {_fmt_ms(theirs)} ms p50): {'; '.join(_reasons(record, batch))}.")
+    return notes
 
 
 # An artifact section is a list of blocks: ("items", [(key, value)]) or ("table", headers, rows).

@@ -1,4 +1,5 @@
-"""Quantization: fake-quant PTQ and QAT with torchslim's own grids, QDQ export, and ONNX Runtime's int8 quantizer.
+"""Quantization: fake-quant PTQ and QAT with torchslim's own grids, QDQ export, mixed precision (per-layer
+sensitivity, bit allocation under a size budget, accuracy-aware fallback), and ONNX Runtime's int8 quantizer.
 
 Example:
     >>> from torchslim.quant import QuantConfig, QuantSpec, ptq, export_qdq          # doctest: +SKIP
@@ -11,10 +12,22 @@ from torchslim.quant.fakequant import FakeQuant, fake_quantize
 from torchslim.quant.observers import OBSERVERS, Observer, qparams_from_range
 from torchslim.quant.ort import quantize, quantize_dynamic_int8, quantize_static_int8
 from torchslim.quant.prepare import QuantConv2d, QuantLinear, calibrate, fold_batchnorm, prepare, ptq, qat
+from torchslim.quant.sensitivity import (
+    accuracy_aware,
+    allocate_bits,
+    config_for,
+    layer_sensitivity,
+    plot_sensitivity,
+    quantizable_layers,
+    sensitivity_order,
+    weight_bytes,
+)
 from torchslim.quant.spec import QuantConfig, QuantSpec
 
 __all__ = [
     "quantize", "StaticInt8Config", "DynamicInt8Config", "quantize_static_int8", "quantize_dynamic_int8",
     "QuantSpec", "QuantConfig", "OBSERVERS", "Observer", "qparams_from_range", "FakeQuant", "fake_quantize",
     "QuantConv2d", "QuantLinear", "fold_batchnorm", "prepare", "calibrate", "ptq", "qat", "export_qdq", "ort_kernels",
+    "layer_sensitivity", "plot_sensitivity", "allocate_bits", "accuracy_aware", "config_for", "quantizable_layers",
+    "sensitivity_order", "weight_bytes",
 ]
