@@ -73,14 +73,25 @@ def test_sigkill_mid_stage_then_resume_gives_identical_results(tmp_path):
     assert not list(out.rglob("*.tmp")) and not list((out / "checkpoints").glob("*.pt"))
 
 
-def test_resume_refuses_a_different_recipe(tmp_path, capsys):
+def test_resume_refuses_changes_to_finished_work_but_takes_changes_to_the_rest(tmp_path, capsys):
     from torchslim.cli import main
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(yaml.safe_dump({"data": {"name": "digits"}, "teacher": {"model": "mlp",
-                                      "train": {"epochs": 1}}, "evaluate": {"max_seconds": 0.01}}))
-    assert main(["run", str(recipe), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    recipe.write_text(yaml.safe_dump({"data": {"name": "digits"}, "teacher": {"model": "mlp", "train": {"epochs": 1}},
+                                      "stages": [{"type": "finetune", "train": {"epochs": 1}}],
+                                      "evaluate": {"max_seconds": 0.01}}))
+    out = str(tmp_path / "o")
+    assert main(["run", str(recipe), "--out", out, "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["run", str(recipe), "--out", str(tmp_path / "o"), "--resume", "--set", "seed=5"]) == 2
-    assert "the recipe differs from the one" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--out", out, "--resume", "--set", "seed=5"]) == 2
+    assert "--resume: seed differs from the run in" in capsys.readouterr().err
+    assert main(["run", str(recipe), "--out", out, "--resume", "--set", "stages.finetune.train.lr=0.01"]) == 2
+    assert "stages[0] (finetune) differs" in capsys.readouterr().err
+    # A stage added after the finished ones is new work: the resume runs only that.
+    longer = yaml.safe_load(recipe.read_text())
+    longer["stages"].append({"type": "export"})
+    recipe.write_text(yaml.safe_dump(longer))
+    assert main(["run", str(recipe), "--out", out, "--resume"]) == 0
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert [a["name"] for a in report["artifacts"]] == ["teacher", "finetune", "export"]
     assert main(["run", str(recipe), "--out", str(tmp_path / "new"), "--resume"]) == 2

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
 from torchslim.artifact import Artifact
@@ -240,23 +241,49 @@ def _start(recipe: Recipe, out: Path, resume: bool) -> dict:
     progress = out / "progress.json"
     saved = out / "recipe.yaml"
     done: dict = {}
+    stale_checkpoints: list[str] = []
     if resume:
         if not saved.is_file():
             raise TorchslimError(f"--resume: {out} holds no earlier run (no recipe.yaml); drop --resume to start one")
-        if saved.read_text() != dump_recipe(recipe):
-            raise TorchslimError(f"--resume: the recipe differs from the one {out} was started with ({saved}); "
-                                 f"use a new --out, or drop --resume to start over")
         done = json.loads(progress.read_text()) if progress.is_file() else {}
+        stale_checkpoints = _resumable(yaml.safe_load(saved.read_text()), recipe.model_dump(mode="json"), done, saved)
     if dist.is_main():
         out.mkdir(parents=True, exist_ok=True)
         for stale in out.rglob(".*.tmp"):  # left by a kill in the middle of a write; never a finished file
             stale.unlink()
-        if not resume:
-            for old in [progress, *(out / "checkpoints").glob("*.pt")]:
-                old.unlink(missing_ok=True)
+        old = [progress, *(out / "checkpoints").glob("*.pt")] if not resume else \
+            [p for name in stale_checkpoints for p in (out / "checkpoints").glob(f"{name.replace(' ', '-')}*.pt")]
+        for path in old:
+            path.unlink(missing_ok=True)
         atomic_write_text(saved, dump_recipe(recipe))
     dist.barrier()
     return done
+
+
+def _resumable(before: dict, now: dict, done: dict, saved: Path) -> list[str]:
+    """Check that a resumed run only changes what has not run yet; return stages whose checkpoints are stale.
+
+    Everything a finished stage depended on (version, seed, data, teacher, student, the finished stages) must be
+    unchanged. Unfinished stages may change — e.g. a lower learning rate after a NaN — and then restart from
+    their first epoch.
+    """
+    def refuse(what: str) -> TorchslimError:
+        return TorchslimError(f"--resume: {what} differs from the run in {saved.parent} ({saved}), and finished work "
+                              f"depends on it; use a new --out, or drop --resume to start over")
+
+    changed = [key for key in ("version", "seed", "data", "teacher", "student") if before.get(key) != now.get(key)]
+    if changed and done:
+        raise refuse(changed[0])
+    old_stages = before.get("stages", [])
+    stale = ["teacher"] if changed else []
+    for i, st in enumerate(now["stages"]):
+        name = st["name"] or st["type"]
+        same = not changed and i < len(old_stages) and old_stages[i] == st
+        if name in done and not same:
+            raise refuse(f"stages[{i}] ({name})")
+        if not same:
+            stale.append(name)
+    return stale
 
 
 def _load_data(recipe: Recipe):
