@@ -214,9 +214,10 @@ def _sources(records: list[dict]) -> list[str | None]:
     which is the last PyTorch artifact)."""
     sources, last = [], None
     for r in records:
-        if r.get("runtime") == "pytorch":
+        own = r.get("runtime") == "pytorch" and not _is_quantized(r)  # a float PyTorch model is its own source
+        if own:
             last = r["name"]
-        sources.append((r.get("info") or {}).get("source") or (r["name"] if r.get("runtime") == "pytorch" else last))
+        sources.append((r.get("info") or {}).get("source") or (r["name"] if own else last))
     return sources
 
 
@@ -224,13 +225,14 @@ def _reasons(record: dict, batch: str) -> list[str]:
     info = record.get("info") or {}
     kernels: dict = info.get("kernels") or {}
     reasons = []
+    # A PyTorch artifact has no ORT graph to read; its maker may list the layer types it left in float instead.
+    floats = {op: n for op, n in kernels.items() if op in _FLOAT_OPS and n} or dict(info.get("float_layers") or {})
+    if floats:
+        count = sum(floats.values())
+        reasons.append(f"{count} layer{'s' if count != 1 else ''} left in float ({', '.join(sorted(floats))})")
     if kernels:
         from torchslim.quant.export import INT8_KERNELS
 
-        floats = {op: n for op, n in kernels.items() if op in _FLOAT_OPS and n}
-        if floats:
-            count = sum(floats.values())
-            reasons.append(f"{count} layer{'s' if count != 1 else ''} left in float ({', '.join(sorted(floats))})")
         if not any(kernels.get(op) for op in INT8_KERNELS):
             reasons.append("ONNX Runtime fused no int8 kernels, so it ran float layers plus conversions")
         conversions = sum(kernels.get(op, 0) for op in _CONVERSIONS)
@@ -252,8 +254,11 @@ def _reasons(record: dict, batch: str) -> list[str]:
 
 def speed_notes(report: dict) -> list[str]:
     """One plain sentence for every quantized artifact and batch size at which it is NOT faster than the fp32
-    artifact of the same source model (its fp32 ONNX export if the report has one, else the PyTorch model), with the
-    likely reasons read from the record: layers left in float (``info["kernels"]`` from ``ort_kernels``), dynamic
+    artifact of the same source model (for an ONNX artifact its fp32 ONNX export if the report has one, else the
+    PyTorch model; ``info["source"]`` names the source explicitly, else it is the last float PyTorch artifact before
+    it, as in a pipeline), with the
+    likely reasons read from the record: layers left in float (``info["kernels"]`` from ``ort_kernels``, or
+    ``info["float_layers"]``, {layer type: count}, for a PyTorch artifact), dynamic
     quantization, a tiny model.
 
     Example:
@@ -271,9 +276,11 @@ def speed_notes(report: dict) -> list[str]:
     for record, source in zip(records, sources):
         if not _is_quantized(record) or source is None:
             continue
-        fp32_onnx = [r for r, s in zip(records, sources)
-                     if s == source and r.get("runtime") == "onnxruntime" and not _is_quantized(r)]
-        pytorch = [r for r in records if r["name"] == source and r.get("runtime") == "pytorch"]
+        # An ONNX artifact is compared with the float ONNX export of its source (same runtime) when there is one; a
+        # PyTorch one (e.g. torchao) with its float PyTorch source.
+        fp32_onnx = [r for r, s in zip(records, sources) if s == source and r.get("runtime") == "onnxruntime"
+                     and not _is_quantized(r) and record.get("runtime") == "onnxruntime"]
+        pytorch = [r for r in records if r["name"] == source and r.get("runtime") == "pytorch" and r is not record]
         baseline = (fp32_onnx or pytorch or [None])[0]
         if baseline is None:
             continue
