@@ -139,3 +139,16 @@ def test_ptq_and_qat_stages_export_int8_onnx_that_matches_the_fake_quant_model(t
         assert art[name]["info"]["kernels"].get("QLinearConv", 0) > 0  # ONNX Runtime really runs int8 convolutions
     assert abs(art["w8a8"]["accuracy"] - art["teacher"]["accuracy"]) <= 0.02
     assert art["w4a4"]["info"]["history"]  # it trained
+
+
+def test_mixed_stage_fits_its_budget_and_records_bits_per_layer(tmp_path):
+    recipe = {"data": {"name": "digits"}, "teacher": {"model": "resnet8", "train": {"epochs": 2, "lr": 0.003}},
+              "stages": [{"type": "mixed", "budget": 0.6, "weight": {"bits": 4, "per_channel": True}}],
+              "evaluate": {"max_seconds": 0.01}}
+    p = tmp_path / "m.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(p), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    info = json.loads((tmp_path / "o" / "report.json").read_text())["artifacts"][1]["info"]
+    assert info["weight_bytes"] <= 0.6 * info["int8_weight_bytes"] + 1e-6
+    assert set(info["bits"].values()) <= {2, 4, 8, 32} and len(info["bits"]) == 10  # resnet8: 9 convs + fc
+    assert info["verification"]["top1_agreement"] >= 0.995

@@ -53,6 +53,7 @@ def test_every_shipped_recipe_validates(recipe_path):
     # names a registry does not know
     (_with(**{"teacher.model": "lenet-5"}), "teacher.model: unknown model 'lenet-5' (did you mean 'lenet5'?)"),
     (_with(**{"data.name": "mnst"}), "data.name: unknown dataset 'mnst' (did you mean 'mnist'?)"),
+    ({"teacher": {"model": "mlp"}, "stages": [{"type": "mixed"}]}, "give exactly one of `budget` (size) or `tolerance_points`"),
     # missing files
     (_with(**{"teacher.checkpoint": "nope.safetensors"}), "teacher.checkpoint: file not found: nope.safetensors"),
     (_with(**{"data.root": "/no/such/folder"}), "data.root: folder not found: /no/such/folder"),

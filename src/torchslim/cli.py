@@ -8,7 +8,7 @@ from pathlib import Path
 from torchslim import __version__
 from torchslim.errors import TorchslimError
 
-LISTABLE = ("models", "datasets", "stages")
+LISTABLE = ("models", "datasets", "stages", "observers")
 
 
 class _ArgumentError(Exception):
@@ -96,6 +96,8 @@ def _list(what: str) -> int:
         from torchslim.data import DATASETS as reg
     elif what == "stages":
         from torchslim.pipeline import STAGES as reg
+    elif what == "observers":
+        from torchslim.quant import OBSERVERS as reg
     else:
         raise unknown_choice("list target", what, LISTABLE)
     for name in reg.names():

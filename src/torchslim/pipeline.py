@@ -197,6 +197,33 @@ def _qat(st, state: RunState, seed: int) -> Artifact:
     return _quantized_artifact(st, state, qm, {"quant": cfg.model_dump(), **_fit_info(fitted)})
 
 
+@STAGES.register("mixed", help="mixed-precision weights from per-layer sensitivity (size budget or accuracy tolerance)")
+def _mixed(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.quant import QuantConfig, ptq
+    from torchslim.quant.sensitivity import (accuracy_aware, allocate_bits, config_for, layer_sensitivity,
+                                             weight_bytes)
+
+    cfg = QuantConfig(**st.model_dump(include=set(QuantConfig.model_fields)))
+    split = "val" if state.data.val is not None else "test"
+    rows = layer_sensitivity(state.model, cfg, state.data, bits=[b for b in st.choices if b < 32], split=split,
+                             seed=seed)
+    info: dict = {"quant": cfg.model_dump(), "sensitivity": rows, "split": split}
+    if st.budget is not None:
+        budget = st.budget * weight_bytes(state.model, 8)
+        bits = allocate_bits(state.model, rows, budget, st.choices)
+        cfg = config_for(cfg, bits)
+        info.update(budget_bytes=budget)
+    else:
+        cfg, trials = accuracy_aware(state.model, cfg, state.data, st.tolerance_points, sensitivity_rows=rows,
+                                     split=split, seed=seed, log=state.log)
+        bits = next(t["bits"] for t in trials if t["config"] == cfg.model_dump())
+        info.update(trials=trials)
+    info.update(bits=bits, weight_bytes=weight_bytes(state.model, bits), int8_weight_bytes=weight_bytes(state.model, 8))
+    state.log(f"[{stage_name(st)}] weight bits per layer: {bits}")
+    qm = ptq(state.model, cfg, state.data.train.tensors[0], seed=seed)
+    return _quantized_artifact(st, state, qm, info)
+
+
 def _quantized_artifact(st, state: RunState, qm: nn.Module, info: dict) -> Artifact:
     """Export a fake-quant model with its own scales and check ONNX Runtime against it and against fp32."""
     from torchslim.export import compare_logits, ort_logits, ort_session

@@ -103,6 +103,23 @@ class QATStage(_Stage, QuantConfig):
     opset: int = Field(17, ge=13, le=21)
 
 
+class MixedStage(_Stage, QuantConfig):
+    """Mixed-precision weights from a per-layer sensitivity analysis: either the least sensitive allocation that fits
+    `budget` (a fraction of the uniform int8 weight bytes), or — with `tolerance_points` — accuracy-aware fallback
+    from uniform `weight.bits`, most sensitive layers first, until within the tolerance. Exported as QDQ ONNX."""
+    type: Literal["mixed"]
+    budget: float | None = Field(None, gt=0, le=4, description="weight bytes as a fraction of uniform int8")
+    tolerance_points: float | None = Field(None, ge=0, le=100, description="accuracy-aware: allowed drop in points")
+    choices: list[Literal[2, 3, 4, 8, 32]] = Field(default_factory=lambda: [2, 4, 8, 32])
+    opset: int = Field(17, ge=13, le=21)
+
+    @model_validator(mode="after")
+    def _one_goal(self) -> MixedStage:
+        if (self.budget is None) == (self.tolerance_points is None):
+            raise ValueError("mixed: give exactly one of `budget` (size) or `tolerance_points` (accuracy)")
+        return self
+
+
 class ExportStage(_Stage, ExportConfig):
     """Export the current model to ONNX (fp32) and verify it against PyTorch."""
     type: Literal["export"]
@@ -110,7 +127,8 @@ class ExportStage(_Stage, ExportConfig):
 
 STAGE_TYPES: dict[str, type[_Stage]] = {
     "train": TrainStage, "distill": DistillStage, "prune": PruneStage,
-    "finetune": FinetuneStage, "quantize": QuantizeStage, "ptq": PTQStage, "qat": QATStage, "export": ExportStage,
+    "finetune": FinetuneStage, "quantize": QuantizeStage, "ptq": PTQStage, "qat": QATStage,
+    "mixed": MixedStage, "export": ExportStage,
 }
 Stage = Annotated[Union[tuple(STAGE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
