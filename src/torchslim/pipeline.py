@@ -58,7 +58,17 @@ class RunState:
 
     def checkpoint(self, name: str) -> Path:
         """Where a training stage keeps its per-epoch state (removed once the stage is finished)."""
-        return self.out / "checkpoints" / f"{name.replace(' ', '-')}.pt"
+        return _checkpoint(self.out, name)
+
+
+def _checkpoint(out: Path, name: str) -> Path:
+    return out / "checkpoints" / f"{name.replace(' ', '-')}.pt"
+
+
+def _checkpoints_of(out: Path, stage: str) -> list[Path]:
+    """The stage's own checkpoint files: `<stage>.pt`, and `<stage>-round-<k>.pt` for pruning rounds."""
+    own = _checkpoint(out, stage)
+    return [p for p in own.parent.glob("*.pt") if p == own or p.name.startswith(f"{own.stem}-round-")]
 
 
 def _fit_info(result) -> dict:
@@ -279,7 +289,7 @@ def _start(recipe: Recipe, out: Path, resume: bool) -> dict:
         for stale in out.rglob(".*.tmp"):  # left by a kill in the middle of a write; never a finished file
             stale.unlink()
         old = [progress, *(out / "checkpoints").glob("*.pt")] if not resume else \
-            [p for name in stale_checkpoints for p in (out / "checkpoints").glob(f"{name.replace(' ', '-')}*.pt")]
+            [p for name in stale_checkpoints for p in _checkpoints_of(out, name)]
         for path in old:
             path.unlink(missing_ok=True)
         atomic_write_text(saved, dump_recipe(recipe))
@@ -376,7 +386,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
             if dist.is_main():
                 done[name] = {"path": str(art.path), "info": art.info}
                 atomic_write_json(out / "progress.json", done)
-                for ckpt in (out / "checkpoints").glob(f"{name.replace(' ', '-')}*.pt"):
+                for ckpt in _checkpoints_of(out, name):
                     ckpt.unlink()
             dist.barrier()
         if st is None:
