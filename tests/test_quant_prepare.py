@@ -146,3 +146,15 @@ def test_untraceable_models_and_unquantized_exports_are_clear_errors(tmp_path):
     with pytest.raises(TorchslimError, match="not calibrated"):
         export_qdq(prepare(create_model("mlp", input_shape=(1, 8, 8)), QuantConfig()), tmp_path / "x.onnx", (1, 8, 8))
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_linear_per_channel_override_keeps_convolutions_per_channel():
+    from torchslim.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lenet5", input_shape=(1, 28, 28)).eval()
+    q = ptq(model, QuantConfig(linear_per_channel=False), torch.randn(64, 1, 28, 28))
+    kinds = {name: m.weight_fake_quant.spec.per_channel for name, m in q.named_modules()
+             if hasattr(m, "weight_fake_quant")}
+    assert kinds and all(v for n, v in kinds.items() if n.startswith("conv"))
+    assert not any(v for n, v in kinds.items() if n.startswith("fc"))

@@ -274,6 +274,8 @@ def prepare(model: nn.Module, cfg: QuantConfig | None = None) -> fx.GraphModule:
                 spec = cfg.weight.with_bits(bits)
         float_layer = modules[name]
         kind = QuantConv2d if isinstance(float_layer, nn.Conv2d) else QuantLinear
+        if kind is QuantLinear and cfg.linear_per_channel is not None:
+            spec = spec.model_copy(update={"per_channel": cfg.linear_per_channel})
         _set_submodule(gm, name, kind.from_float(float_layer, spec, cfg.weight_observer, cfg.learnable,
                                                  **_observer_options(cfg.weight_observer, cfg)))
         quantized.add(name)

@@ -72,6 +72,9 @@ class QuantConfig(Config):
     learnable: bool = False
     exclude: list[str] = Field(default_factory=list, description="glob patterns of Conv/Linear names kept in fp32")
     per_layer_bits: dict[str, int] | None = None
+    linear_per_channel: bool | None = Field(
+        None, description="override weight.per_channel for Linear layers; null follows weight.per_channel. "
+                          "ONNX Runtime's QGemm is faster at batch 1 with per-tensor weights")
     calibration_batches: int = Field(32, ge=1, le=10_000)
     calibration_batch_size: int = Field(64, ge=1)
 
