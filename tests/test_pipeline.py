@@ -152,3 +152,20 @@ def test_mixed_stage_fits_its_budget_and_records_bits_per_layer(tmp_path):
     assert info["weight_bytes"] <= 0.6 * info["int8_weight_bytes"] + 1e-6
     assert set(info["bits"].values()) <= {2, 4, 8, 32} and len(info["bits"]) == 10  # resnet8: 9 convs + fc
     assert info["verification"]["top1_agreement"] >= 0.995
+
+
+def test_deep_compression_chain_ships_a_file_with_the_same_accuracy(tmp_path):
+    recipe = {"data": {"name": "digits"},
+              "teacher": {"model": "mlp", "args": {"widths": [128]}, "train": {"epochs": 5, "lr": 0.003}},
+              "stages": [{"type": "prune", "sparsity": 0.8, "train": {"epochs": 2, "lr": 0.001}},
+                         {"type": "share", "bits": 4, "train": {"epochs": 1, "lr": 1e-4}},
+                         {"type": "export", "name": "dc", "format": "compressed"}],
+              "evaluate": {"max_seconds": 0.01}}
+    p = tmp_path / "dc.yaml"
+    p.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(p), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    art = {a["name"]: a for a in json.loads((tmp_path / "o" / "report.json").read_text())["artifacts"]}
+    assert art["dc"]["path"].endswith(".tsdc")
+    assert art["dc"]["accuracy"] == art["share"]["accuracy"]  # lossless: measured on the model loaded from the file
+    assert art["dc"]["file_bytes"] * 10 < art["teacher"]["file_bytes"]
+    assert all(b == 4 for b in art["share"]["info"]["bits"].values())

@@ -43,6 +43,7 @@ class RunState:
     student: str | None = None  # name of the first student artifact, the "uncompressed student" baseline
     artifacts: list[Artifact] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    codebooks: dict | None = None  # from a `share` stage, for a compressed export of the same model
 
     def create(self, spec: ModelSpec) -> nn.Module:
         from torchslim.models import create_model
@@ -156,9 +157,38 @@ def _finetune(st, state: RunState, seed: int) -> Artifact:
     return _pytorch_artifact(st, state, model, info)
 
 
-@STAGES.register("export", help="export the current model to ONNX (fp32) and verify it against PyTorch")
+@STAGES.register("share", help="Deep Compression k-means weight sharing with centroid fine-tuning")
+def _share(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.prune import CodebookConfig, finetune_codebooks, share_weights_
+
+    cfg = CodebookConfig(**st.model_dump(include=set(CodebookConfig.model_fields)))
+    model = copy.deepcopy(state.model)
+    books = share_weights_(model, cfg)
+    info: dict = {"codebook": cfg.model_dump(), "bits": {name: b.bits for name, b in books.items()}}
+    if st.train.epochs:
+        books, fitted = finetune_codebooks(model, books, state.data.train, state.data.val, st.train, seed=seed,
+                                           stage=stage_name(st), log=state.log)
+        info.update(_fit_info(fitted))
+    state.codebooks = books
+    return _pytorch_artifact(st, state, model, info)
+
+
+@STAGES.register("export", help="export the current model: fp32 ONNX (verified) or a Deep Compression file")
 def _export(st, state: RunState, seed: int) -> Artifact:
     from torchslim.export import export_onnx, verify_onnx
+
+    if st.format == "compressed":
+        from torchslim.export import load_compressed, save_compressed
+
+        path = state.out / f"{stage_name(st)}.tsdc"
+        sizes = save_compressed(state.model, path, state.codebooks)
+        # Evaluate the file that ships: a fresh copy of the architecture, loaded from it.
+        shipped = load_compressed(path, copy.deepcopy(state.model))
+        state.log(f"[{stage_name(st)}] compressed file {sizes['file_bytes']:,} bytes, "
+                  f"{sizes['ratio']:.1f}x smaller than fp32")
+        info = {"format": "compressed", "ratio_vs_fp32_state_dict": sizes["ratio"],
+                "fixed_width_bytes": sizes.get("fixed_width_bytes"), "lzma_bytes": sizes.get("lzma_bytes")}
+        return Artifact(stage_name(st), st.type, "pytorch", path, shipped.eval(), info)
 
     path = export_onnx(state.model, state.out / f"{stage_name(st)}.onnx", state.data.input_shape, opset=st.opset)
     info = {"opset": st.opset}
@@ -251,7 +281,7 @@ def _quantized_artifact(st, state: RunState, qm: nn.Module, info: dict) -> Artif
     return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model, info)
 
 
-TRAINING_STAGES = ("train", "distill", "prune", "finetune")  # stages whose artifact is a PyTorch model
+TRAINING_STAGES = ("train", "distill", "prune", "finetune", "share")  # stages whose artifact is a PyTorch model
 EVERY_RANK = TRAINING_STAGES + ("qat",)  # the ones every rank must run under torchrun
 
 
@@ -270,6 +300,10 @@ def _reload(st, state: RunState, done: dict) -> Artifact:
     if st.type in TRAINING_STAGES:
         model = state.create(state.recipe.student) if st.type in ("train", "distill") else copy.deepcopy(state.model)
         return Artifact(stage_name(st), st.type, "pytorch", path, load_checkpoint(model, path).eval(), info)
+    if path.suffix == ".tsdc":
+        from torchslim.export import load_compressed
+
+        return Artifact(stage_name(st), st.type, "pytorch", path, load_compressed(path, copy.deepcopy(state.model)), info)
     return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model, info)
 
 

@@ -25,6 +25,7 @@ from torchslim.config import Config
 from torchslim.distillation.config import KDConfig
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.export.config import ExportConfig
+from torchslim.prune.codebook import CodebookConfig
 from torchslim.prune.config import MagnitudePruneConfig
 from torchslim.quant.config import StaticInt8Config
 from torchslim.quant.spec import QuantConfig
@@ -120,15 +121,24 @@ class MixedStage(_Stage, QuantConfig):
         return self
 
 
+class ShareStage(_Stage, CodebookConfig):
+    """Deep Compression weight sharing: k-means codebooks per layer (zeros stay zero), centroids fine-tuned with
+    shared gradients for `train.epochs`."""
+    type: Literal["share"]
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0, lr=1e-4))
+
+
 class ExportStage(_Stage, ExportConfig):
-    """Export the current model to ONNX (fp32) and verify it against PyTorch."""
+    """Export the current model: `onnx` (fp32, verified against PyTorch) or `compressed` (Deep Compression file:
+    sparse relative indices + codebook indices, Huffman-coded; evaluated on the model loaded back from the file)."""
     type: Literal["export"]
+    format: Literal["onnx", "compressed"] = "onnx"
 
 
 STAGE_TYPES: dict[str, type[_Stage]] = {
     "train": TrainStage, "distill": DistillStage, "prune": PruneStage,
     "finetune": FinetuneStage, "quantize": QuantizeStage, "ptq": PTQStage, "qat": QATStage,
-    "mixed": MixedStage, "export": ExportStage,
+    "mixed": MixedStage, "share": ShareStage, "export": ExportStage,
 }
 Stage = Annotated[Union[tuple(STAGE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
