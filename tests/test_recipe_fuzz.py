@@ -44,9 +44,10 @@ def mutated_recipes(draw):
     for _ in range(draw(st.integers(1, 3))):
         paths = list(_paths(recipe))
         kind = draw(st.sampled_from(["delete", "wrong_type", "out_of_range", "stage_type", "data_path", "new_key"]))
-        if kind == "stage_type" and recipe.get("stages"):
-            i = draw(st.integers(0, len(recipe["stages"]) - 1))
-            recipe["stages"][i]["type"] = draw(st.text(min_size=1, max_size=10))
+        stages = [s for s in recipe.get("stages") or [] if isinstance(s, dict)] \
+            if isinstance(recipe.get("stages"), list) else []
+        if kind == "stage_type" and stages:
+            draw(st.sampled_from(stages))["type"] = draw(st.text(min_size=1, max_size=10))
         elif kind == "data_path":
             if not isinstance(recipe.get("data"), dict):
                 recipe["data"] = {"name": "digits"}
