@@ -63,3 +63,83 @@ def test_masks_hold_during_fine_tuning():
 def test_sparsity_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="less than 1"):
         MagnitudePruneConfig(sparsity=1.0)
+
+
+# --- criteria and N:M ---------------------------------------------------------------------------------------------
+from types import SimpleNamespace  # noqa: E402
+
+from torchslim.prune import CRITERIA, PruneConfig, nm_masks  # noqa: E402
+
+
+def _toy_data(n=256):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(n, 20, generator=g)
+    return SimpleNamespace(train=torch.utils.data.TensorDataset(x, (x[:, 0] > 0).long() + (x[:, 1] > 0).long()))
+
+
+def test_taylor_scores_are_weight_times_gradient_summed_over_batches():
+    m = _net()
+    data = _toy_data()
+    layers = prunable_layers(m)
+    scores = CRITERIA.get("taylor")(layers, model=m, data=data, batches=2, batch_size=64, seed=0)
+    # Hand computation on the same two batches.
+    rows = torch.randperm(256, generator=torch.Generator().manual_seed(0))[:128]
+    expected = torch.zeros_like(m[0].weight)
+    for idx in rows.split(64):
+        m.zero_grad()
+        torch.nn.functional.cross_entropy(m(data.train.tensors[0][idx]), data.train.tensors[1][idx]).backward()
+        expected += (m[0].weight * m[0].weight.grad).abs().detach()
+    assert torch.allclose(scores["0"], expected, atol=1e-6)
+
+
+def test_gradient_criterion_without_data_is_a_clear_error():
+    with pytest.raises(Exception, match="needs the model and training data"):
+        prune_(_net(), PruneConfig(criterion="snip"))
+
+
+def test_unknown_criterion_lists_the_choices():
+    with pytest.raises(Exception, match="did you mean 'taylor'.*valid choices: magnitude, random, snip, taylor"):
+        PruneConfig(criterion="tailor")
+
+
+def test_random_criterion_hits_the_level_and_differs_from_magnitude():
+    a, b = _net(), _net()
+    prune_(a, PruneConfig(sparsity=0.5, criterion="random"))
+    masks = prune_(b, PruneConfig(sparsity=0.5))
+    assert masks.overall() == pytest.approx(0.5, abs=1e-3)
+    assert not torch.equal(a[0].weight == 0, b[0].weight == 0)
+
+
+def test_iterative_pruning_never_revives_a_pruned_weight_even_with_random_scores():
+    m = _net()
+    first = prune_(m, PruneConfig(sparsity=0.5, criterion="random"))
+    zero = {n: (l.weight == 0) for n, l in first.layers.items()}
+    prune_(m, PruneConfig(sparsity=0.7, criterion="random"), data=None)
+    for n, l in prunable_layers(m).items():
+        assert (l.weight[zero[n]] == 0).all()
+
+
+@pytest.mark.parametrize("shape", [(6, 8), (4, 2, 2, 2)])
+def test_two_four_masks_keep_exactly_two_of_every_four_largest(shape):
+    w = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    layer = torch.nn.Linear(8, 6) if len(shape) == 2 else torch.nn.Conv2d(2, 4, 2)
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    mask = nm_masks({"l": layer}, {"l": w.abs()}, 2, 4)["l"]
+    groups_w = w.reshape(-1, 4).abs()
+    groups_m = mask.reshape(-1, 4)
+    assert (groups_m.sum(1) == 2).all()
+    kept_min = torch.where(groups_m.bool(), groups_w, torch.inf).min(1).values
+    dropped_max = torch.where(groups_m.bool(), -torch.inf, groups_w).max(1).values
+    assert (kept_min >= dropped_max).all()
+
+
+def test_n_m_pattern_fixes_the_sparsity_and_rejects_bad_shapes():
+    cfg = PruneConfig(pattern="2:4", exclude=["2", "4"])  # 50 and 10 inputs per output: not multiples of 4
+    assert cfg.round_targets() == [0.5]
+    masks = prune_(_net(), cfg)
+    assert masks.sparsity() == {"0": 0.5}
+    with pytest.raises(Exception, match="not a multiple of 8"):
+        prune_(torch.nn.Sequential(torch.nn.Linear(6, 4)), PruneConfig(pattern="2:8"))
+    with pytest.raises(ValueError, match="pattern must be 'unstructured' or 'N:M'"):
+        PruneConfig(pattern="4:2")

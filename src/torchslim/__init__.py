@@ -22,7 +22,7 @@ _EXPORTS = {
     "create_model": "torchslim.models", "list_models": "torchslim.models",
     "train": "torchslim.training", "fit": "torchslim.training", "TrainConfig": "torchslim.training",
     "distill": "torchslim.distillation", "KDConfig": "torchslim.distillation", "kd_loss": "torchslim.distillation",
-    "prune_": "torchslim.prune", "MagnitudePruneConfig": "torchslim.prune",
+    "prune_": "torchslim.prune", "PruneConfig": "torchslim.prune", "MagnitudePruneConfig": "torchslim.prune",
     "quantize": "torchslim.quant", "StaticInt8Config": "torchslim.quant", "DynamicInt8Config": "torchslim.quant",
     "QuantSpec": "torchslim.quant", "QuantConfig": "torchslim.quant", "ptq": "torchslim.quant", "qat": "torchslim.quant",
     "prepare": "torchslim.quant", "calibrate": "torchslim.quant", "fold_batchnorm": "torchslim.quant",

@@ -8,7 +8,7 @@ from pathlib import Path
 from torchslim import __version__
 from torchslim.errors import TorchslimError
 
-LISTABLE = ("models", "datasets", "stages", "observers")
+LISTABLE = ("models", "datasets", "stages", "observers", "criteria")
 
 
 class _ArgumentError(Exception):
@@ -98,6 +98,8 @@ def _list(what: str) -> int:
         from torchslim.pipeline import STAGES as reg
     elif what == "observers":
         from torchslim.quant import OBSERVERS as reg
+    elif what == "criteria":
+        from torchslim.prune import CRITERIA as reg
     else:
         raise unknown_choice("list target", what, LISTABLE)
     for name in reg.names():

@@ -120,14 +120,14 @@ def _distill(st, state: RunState, seed: int) -> Artifact:
 
 @STAGES.register("prune", help="magnitude pruning, one-shot or iterative, with masked fine-tuning")
 def _prune(st, state: RunState, seed: int) -> Artifact:
-    from torchslim.prune import MagnitudePruneConfig, prune_
+    from torchslim.prune import PruneConfig, prune_
     from torchslim.training import fit
 
-    cfg = MagnitudePruneConfig(**st.model_dump(include=set(MagnitudePruneConfig.model_fields)))
+    cfg = PruneConfig(**st.model_dump(include=set(PruneConfig.model_fields)))
     model = copy.deepcopy(state.model)
     rounds = []
     for k, target in enumerate(cfg.round_targets(), start=1):
-        masks = prune_(model, cfg, sparsity=target)
+        masks = prune_(model, cfg, sparsity=target, data=state.data)
         state.log(f"[{stage_name(st)}] round {k}: pruned to {100 * masks.overall():.1f}% sparsity ({cfg.scope})")
         fitted = fit(model, state.data.train, state.data.val, st.train, seed=seed + k, after_step=masks.apply,
                      checkpoint=state.checkpoint(f"{stage_name(st)} round {k}"), extra_state=masks.masks,

@@ -26,7 +26,7 @@ from torchslim.distillation.config import KDConfig
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.export.config import ExportConfig
 from torchslim.prune.codebook import CodebookConfig
-from torchslim.prune.config import MagnitudePruneConfig
+from torchslim.prune.config import PruneConfig
 from torchslim.quant.config import StaticInt8Config
 from torchslim.quant.spec import QuantConfig
 from torchslim.training.config import TrainConfig
@@ -69,8 +69,9 @@ class DistillStage(_Stage, KDConfig):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
-class PruneStage(_Stage, MagnitudePruneConfig):
-    """Magnitude-prune the current model; fine-tune after each round with the masks held."""
+class PruneStage(_Stage, PruneConfig):
+    """Prune the current model (a registered criterion; unstructured or N:M); fine-tune after each round with the
+    masks held."""
     type: Literal["prune"]
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
 

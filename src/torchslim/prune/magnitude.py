@@ -1,4 +1,4 @@
-"""Unstructured magnitude pruning with masks that hold during fine-tuning."""
+"""Masks from weight scores (global, layerwise or N:M), held during fine-tuning; `prune_` applies a PruneConfig."""
 from __future__ import annotations
 
 import fnmatch
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.prune.config import MagnitudePruneConfig
+from torchslim.prune.config import PruneConfig
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -38,27 +38,51 @@ class Masks:
         return zeros / max(1, sum(m.weight.numel() for m in self.layers.values()))
 
 
-def _scores(w: torch.Tensor, norm: str) -> torch.Tensor:
-    return w.abs() if norm == "l1" else w.pow(2)
+@torch.no_grad()
+def magnitude_masks(layers: dict[str, nn.Module], sparsity: float, scope: str, norm: str = "l1") -> dict[str, torch.Tensor]:
+    """Masks that zero the `sparsity` fraction of smallest-magnitude weights, globally or per layer."""
+    from torchslim.prune.criteria import magnitude
+
+    return masks_from_scores(layers, magnitude(layers, norm=norm), sparsity, scope)
 
 
 @torch.no_grad()
-def magnitude_masks(layers: dict[str, nn.Module], sparsity: float, scope: str, norm: str = "l1") -> dict[str, torch.Tensor]:
-    """Masks that zero the `sparsity` fraction of smallest-magnitude weights, globally or per layer.
+def masks_from_scores(layers: dict[str, nn.Module], scores: dict[str, torch.Tensor], sparsity: float,
+                      scope: str) -> dict[str, torch.Tensor]:
+    """Masks that zero the `sparsity` fraction of lowest-scored weights, globally or per layer.
 
     Exactly k = round(sparsity·n) weights are pruned (ties broken by position) so the level is what was asked.
+    Weights that are already zero rank lowest whatever their score, so iterative pruning only ever removes more.
     """
     if not layers:
         raise TorchslimError("prune: the model has no Conv/Linear layers left to prune (check prune.exclude)")
+    ranked = {name: torch.where(m.weight == 0, float("-inf"), scores[name].float()) for name, m in layers.items()}
     if scope == "layerwise":
-        return {name: _keep_top(_scores(m.weight, norm), sparsity) for name, m in layers.items()}
-    flat = torch.cat([_scores(m.weight, norm).flatten() for m in layers.values()])
-    keep = _keep_top(flat, sparsity)
-    masks, offset = {}, 0
-    for name, m in layers.items():
-        n = m.weight.numel()
-        masks[name] = keep[offset: offset + n].view_as(m.weight)
-        offset += n
+        keep = {name: _keep_top(ranked[name], sparsity) for name in layers}
+    else:
+        flat = _keep_top(torch.cat([ranked[name].flatten() for name in layers]), sparsity)
+        sizes = [m.weight.numel() for m in layers.values()]
+        keep = {name: part.view_as(m.weight) for (name, m), part in zip(layers.items(), flat.split(sizes))}
+    # A weight pruned earlier stays pruned, even when asked for less sparsity than the model already has.
+    return {name: keep[name] * (m.weight != 0) for name, m in layers.items()}
+
+
+@torch.no_grad()
+def nm_masks(layers: dict[str, nn.Module], scores: dict[str, torch.Tensor], n: int, m: int) -> dict[str, torch.Tensor]:
+    """N:M semi-structured masks: in every group of `m` consecutive weights along the input dimension (a Linear row,
+    or a conv filter's in_channels·kh·kw flattened), keep the `n` best-scored. 2:4 is what sparse tensor cores run.
+    """
+    masks = {}
+    for name, layer in layers.items():
+        w = layer.weight
+        rows = w.reshape(w.shape[0], -1)  # (out, in·kh·kw): the reduction dimension is contiguous
+        if rows.shape[1] % m:
+            raise TorchslimError(f"prune pattern {n}:{m}: layer '{name}' has {rows.shape[1]} inputs per output, not a "
+                                 f"multiple of {m}; exclude it (prune.exclude) or choose another M")
+        groups = torch.where(rows == 0, float("-inf"), scores[name].reshape_as(rows).float()).reshape(-1, m)
+        keep = torch.zeros_like(groups)
+        keep.scatter_(1, groups.topk(n, dim=1).indices, 1.0)
+        masks[name] = keep.reshape(w.shape) * (w != 0)  # a weight pruned earlier stays pruned
     return masks
 
 
@@ -71,15 +95,24 @@ def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.view_as(scores)
 
 
-def prune_(model: nn.Module, cfg: MagnitudePruneConfig, sparsity: float | None = None) -> Masks:
-    """Zero the smallest weights of `model` in place (no retraining) and return the masks.
+def prune_(model: nn.Module, cfg: PruneConfig, sparsity: float | None = None, data=None) -> Masks:
+    """Zero the lowest-scored weights of `model` in place (no retraining) and return the masks.
+
+    `data` (a DataBundle) is needed by gradient criteria (taylor, snip) only.
 
     Example:
-        >>> masks = prune_(model, MagnitudePruneConfig(sparsity=0.9, scope="global"))   # doctest: +SKIP
-        >>> round(masks.overall(), 2)                                                   # doctest: +SKIP
+        >>> masks = prune_(model, PruneConfig(sparsity=0.9, scope="global"))   # doctest: +SKIP
+        >>> round(masks.overall(), 2)                                          # doctest: +SKIP
         0.9
     """
+    from torchslim.prune.criteria import CRITERIA
+
     layers = prunable_layers(model, cfg.exclude)
-    masks = Masks(layers, magnitude_masks(layers, cfg.sparsity if sparsity is None else sparsity, cfg.scope, cfg.norm))
+    scores = CRITERIA.get(cfg.criterion)(layers, model=model, data=data, norm=cfg.norm, batches=cfg.criterion_batches)
+    if cfg.n_m is not None:
+        chosen = nm_masks(layers, scores, *cfg.n_m)
+    else:
+        chosen = masks_from_scores(layers, scores, cfg.sparsity if sparsity is None else sparsity, cfg.scope)
+    masks = Masks(layers, chosen)
     masks.apply()
     return masks
