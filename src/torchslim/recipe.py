@@ -15,6 +15,7 @@ Every problem becomes one `TorchslimError` line that names the field (`stages[1]
 from __future__ import annotations
 
 import os
+import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -277,7 +278,7 @@ def _model_class(annotation: Any) -> type[BaseModel] | None:
     """The pydantic model inside `X`, `X | None` or `Optional[X]`, else None."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
-    if get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+    if get_origin(annotation) in (Union, types.UnionType):
         for arg in get_args(annotation):
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 return arg

@@ -72,6 +72,16 @@ class _QuantLayer:
         self._weight_key: tuple[int, int] | None = None
         self._set_input_fake_quant(None)
 
+    def _adopt(self, float_layer: nn.Module, spec: QuantSpec, observer: str, learnable: bool,
+               observer_options: dict):
+        """Take over `float_layer`'s weights and training mode, then attach the weight quantizer."""
+        with torch.no_grad():
+            self.weight.copy_(float_layer.weight)
+            if float_layer.bias is not None:
+                self.bias.copy_(float_layer.bias)
+        self._init_quant(spec, observer, learnable, observer_options)
+        return self.train(float_layer.training)
+
     def _set_input_fake_quant(self, fq: FakeQuant | None) -> None:
         # A plain reference, not a submodule: the quantizer belongs to the model's activation ModuleDict, and
         # registering it twice would duplicate its state-dict entries.
@@ -122,12 +132,7 @@ class QuantConv2d(_QuantLayer, nn.Conv2d):
         new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
                   dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
                   padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(conv.weight)
-            if conv.bias is not None:
-                new.bias.copy_(conv.bias)
-        new._init_quant(spec, observer, learnable, observer_options)
-        return new.train(conv.training)
+        return new._adopt(conv, spec, observer, learnable, observer_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.quantized_weight(), self.quantized_bias())
@@ -141,12 +146,7 @@ class QuantLinear(_QuantLayer, nn.Linear):
                    **observer_options) -> QuantLinear:
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
                   device=linear.weight.device, dtype=linear.weight.dtype)
-        with torch.no_grad():
-            new.weight.copy_(linear.weight)
-            if linear.bias is not None:
-                new.bias.copy_(linear.bias)
-        new._init_quant(spec, observer, learnable, observer_options)
-        return new.train(linear.training)
+        return new._adopt(linear, spec, observer, learnable, observer_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.quantized_weight(), self.quantized_bias())
