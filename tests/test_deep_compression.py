@@ -1,5 +1,8 @@
 """Deep Compression: k-means weight sharing, centroid fine-tuning, Huffman-coded sparse storage, Han's threshold."""
 import copy
+import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -163,3 +166,23 @@ def test_han_threshold_is_quality_times_layer_std():
         assert torch.equal(masks[name].bool(), w.abs() >= q * w.std())
     with pytest.raises(TorchslimError, match="match no layer"):
         han_threshold_masks(layers, {"conv*": 1.0, "*": 1.0})
+
+
+def test_header_is_compressed_and_version_1_files_still_load(shared_lenet, tmp_path):
+    model, books = shared_lenet
+    path = tmp_path / "m.tsdc"
+    save_compressed(model, path, books)
+    blob = path.read_bytes()
+    (n,) = struct.unpack_from("<I", blob, 4)
+    header = json.loads(zlib.decompress(blob[8:8 + n]))
+    assert header["version"] == 2 and len(json.dumps(header, separators=(",", ":"))) > 2 * n
+    # The same content written the version-1 way (plain JSON header) loads to the same weights.
+    plain = json.dumps({**header, "version": 1}, separators=(",", ":")).encode()
+    (tmp_path / "v1.tsdc").write_bytes(blob[:4] + struct.pack("<I", len(plain)) + plain + blob[8 + n:])
+    old = load_compressed(tmp_path / "v1.tsdc", create_model("lenet-300-100"))
+    new = load_compressed(path, create_model("lenet-300-100"))
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    garbled = blob[:8] + bytes(b ^ 0x55 for b in blob[8:8 + n]) + blob[8 + n:]
+    (tmp_path / "bad.tsdc").write_bytes(garbled)
+    with pytest.raises(TorchslimError, match="bad.tsdc has a corrupt header"):
+        load_compressed(tmp_path / "bad.tsdc", create_model("lenet-300-100"))
