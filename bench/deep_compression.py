@@ -36,6 +36,14 @@ def main() -> int:
     p.add_argument("--retrain-epochs", type=int, default=3, help="per prune round")
     p.add_argument("--share-epochs", type=int, default=3)
     p.add_argument("--retrain-lr", type=float, default=1e-4, help="Adam; the dense lr is 1e-3 (Han: retrain at 1/10)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 (Adam weight_decay) in every training phase")
+    p.add_argument("--keep-scale", type=float, default=1.0, help="multiply the paper's kept fractions by this")
+    p.add_argument("--bits", type=json.loads, default=None,
+                   help='codebook widths instead of the paper\'s, JSON: 5 or \'{"conv*": 8, "fc*": 4}\'')
+    p.add_argument("--bias-dtype", choices=["float32", "float16"], default="float16",
+                   help="precision of the biases in the file (CodebookConfig.bias_dtype)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="", help="suffix of the result files (to keep several settings side by side)")
     args = p.parse_args()
     os.environ.setdefault("TORCHSLIM_DATA", str(ROOT.parent / "shared" / "data"))
 
@@ -47,13 +55,17 @@ def main() -> int:
     from torchslim.prune import CodebookConfig, Masks, finetune_codebooks, magnitude_masks, share_weights_
     from torchslim.training import TrainConfig, accuracy_of, fit
 
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t0 = time.perf_counter()
     keep, bits, paper_err, paper_ratio = SETUPS[args.model]
+    keep = {name: min(1.0, f * args.keep_scale) for name, f in keep.items()}
+    bits = bits if args.bits is None else args.bits
+    wd = args.weight_decay
     data = load_dataset("mnist")
     model = create_model(args.model, input_shape=data.input_shape)
     log = lambda m: print(m, flush=True)  # noqa: E731
-    fit(model, data.train, data.val, TrainConfig(epochs=args.epochs, lr=1e-3, schedule="cosine"), stage="dense", log=log)
+    fit(model, data.train, data.val, TrainConfig(epochs=args.epochs, lr=1e-3, schedule="cosine", weight_decay=wd), stage="dense", log=log)
     dense_err = 100 * (1 - accuracy_of(model, data.test))
 
     layers = {name: model.get_submodule(name) for name in keep}
@@ -65,20 +77,20 @@ def main() -> int:
             masks.update(magnitude_masks({name: layer}, target, "layerwise"))
         held = Masks(layers, masks)
         held.apply()
-        fit(model, data.train, data.val, TrainConfig(epochs=args.retrain_epochs, lr=args.retrain_lr, schedule="cosine"),
+        fit(model, data.train, data.val, TrainConfig(epochs=args.retrain_epochs, lr=args.retrain_lr, schedule="cosine", weight_decay=wd),
             after_step=held.apply, stage=f"prune round {k}", log=log)
     pruned_err = 100 * (1 - accuracy_of(model, data.test))
     kept = {name: round(1 - s, 4) for name, s in held.sparsity().items()}
 
-    books = share_weights_(model, CodebookConfig(bits=bits))
+    books = share_weights_(model, CodebookConfig(bits=bits, bias_dtype=args.bias_dtype))
     shared_err = 100 * (1 - accuracy_of(model, data.test))
     books, _ = finetune_codebooks(model, books, data.train, data.val,
                                   TrainConfig(epochs=args.share_epochs, lr=1e-4, schedule="cosine", keep="last"),
-                                  stage="centroids", log=log)
+                                  bias_dtype=args.bias_dtype, stage="centroids", log=log)
     out = ROOT / "bench" / "out" / "deep-compression"
     out.mkdir(parents=True, exist_ok=True)
-    info = save_compressed(model, out / f"{args.model}.tsdc", books)
-    shipped = load_compressed(out / f"{args.model}.tsdc", create_model(args.model, input_shape=data.input_shape))
+    info = save_compressed(model, out / f"{args.model}{args.tag}.tsdc", books)
+    shipped = load_compressed(out / f"{args.model}{args.tag}.tsdc", create_model(args.model, input_shape=data.input_shape))
     final_err = 100 * (1 - accuracy_of(shipped, data.test))
 
     result = {
@@ -94,7 +106,7 @@ def main() -> int:
     }
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    (results / f"deep-compression-{args.model}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (results / f"deep-compression-{args.model}{args.tag}.json").write_text(json.dumps(result, indent=2) + "\n")
     e = result["error_percent"]
     md = [f"# Deep Compression, {args.model}: `{result['command']}`", "",
           f"{result['seconds']} s. Kept per layer: {kept}; codebook bits: {bits}.", "",
@@ -107,7 +119,7 @@ def main() -> int:
           f"| compression | **{result['ratio']}×** | {paper_ratio}× |",
           f"| without Huffman (fixed-width symbols) | {info['fp32_bytes'] / info['fixed_width_bytes']:.1f}× | |"
           if info.get("fixed_width_bytes") else "", ""]
-    (results / f"deep-compression-{args.model}.md").write_text("\n".join(md) + "\n")
+    (results / f"deep-compression-{args.model}{args.tag}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0
 

@@ -186,3 +186,19 @@ def test_header_is_compressed_and_version_1_files_still_load(shared_lenet, tmp_p
     (tmp_path / "bad.tsdc").write_bytes(garbled)
     with pytest.raises(TorchslimError, match="bad.tsdc has a corrupt header"):
         load_compressed(tmp_path / "bad.tsdc", create_model("lenet-300-100"))
+
+
+def test_float16_biases_halve_their_bytes_and_still_round_trip_exactly(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("lenet-300-100")
+    prune_(model, MagnitudePruneConfig(sparsity=0.9, scope="global"))
+    wide = copy.deepcopy(model)
+    books32 = share_weights_(wide, CodebookConfig(bits=5))
+    books16 = share_weights_(model, CodebookConfig(bits=5, bias_dtype="float16"))
+    assert torch.equal(model.fc1.bias, model.fc1.bias.half().float())
+    assert not torch.equal(wide.fc1.bias, wide.fc1.bias.half().float())  # untouched by default
+    a = save_compressed(wide, tmp_path / "a.tsdc", books32)
+    b = save_compressed(model, tmp_path / "b.tsdc", books16)
+    assert b["tensors"]["fc1.bias"]["values"] * 2 == a["tensors"]["fc1.bias"]["values"] == 4 * 300
+    loaded = load_compressed(tmp_path / "b.tsdc", create_model("lenet-300-100"))
+    assert all(torch.equal(x, y) for x, y in zip(loaded.state_dict().values(), model.state_dict().values()))

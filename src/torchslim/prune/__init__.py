@@ -8,6 +8,7 @@ from torchslim.prune.codebook import (
     bake_,
     finetune_codebooks,
     kmeans_1d,
+    round_biases_,
     share_weights_,
 )
 from torchslim.prune.config import MagnitudePruneConfig, PruneConfig
@@ -18,4 +19,4 @@ from torchslim.prune.magnitude import Masks, magnitude_masks, masks_from_scores,
 __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "MagnitudePruneConfig", "Masks",
            "magnitude_masks", "prunable_layers", "prune_",
            "CodebookConfig", "Codebook", "share_weights_", "kmeans_1d", "attach_codebooks_", "bake_",
-           "finetune_codebooks", "han_threshold_masks", "han_prune_"]
+           "finetune_codebooks", "round_biases_", "han_threshold_masks", "han_prune_"]

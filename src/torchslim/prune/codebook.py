@@ -53,6 +53,9 @@ class CodebookConfig(Config):
     iterations: int = Field(20, ge=0, le=1000, description="k-means iterations (stops early when nothing moves)")
     seed: int = Field(0, description="seed of init=random")
     exclude: list[str] = Field(default_factory=list, description="glob patterns of module names left unshared")
+    bias_dtype: Literal["float32", "float16"] = Field(
+        "float32", description="precision of the shared layers' biases: float16 halves their bytes in the compressed "
+                               "file (they are rounded after sharing and again after fine-tuning)")
 
     @field_validator("bits")
     @classmethod
@@ -175,7 +178,25 @@ def share_weights_(model: nn.Module, cfg: CodebookConfig) -> dict[str, Codebook]
         index[mask] = assign.to(w.device)
         books[name] = Codebook(c.to(w.dtype).to(w.device), index, mask)
         w.copy_(books[name].weight())
+    round_biases_(model, cfg.bias_dtype, cfg.exclude)
     return books
+
+
+@torch.no_grad()
+def round_biases_(model: nn.Module, dtype: str = "float16", exclude: list[str] | tuple[str, ...] = ()) -> None:
+    """Round the biases of Conv/Linear layers to ``dtype`` values, in place (the tensors keep their own dtype).
+
+    The compressed file stores a float tensor as float16 when that is exact, so rounded biases cost half the bytes.
+    ``"float32"`` leaves them alone.
+
+    Example:
+        >>> round_biases_(model, "float16")   # doctest: +SKIP
+    """
+    if dtype == "float32":
+        return
+    for layer in prunable_layers(model, exclude).values():
+        if layer.bias is not None:
+            layer.bias.copy_(layer.bias.to(getattr(torch, dtype)).to(layer.bias.dtype))
 
 
 def _refuse_parametrized(layers: Mapping[str, nn.Module]) -> None:
@@ -254,11 +275,14 @@ def finetune_codebooks(
     train_set: torch.utils.data.TensorDataset,
     val_set: torch.utils.data.TensorDataset | None,
     cfg: TrainConfig,
+    *,
+    bias_dtype: str = "float32",
     **fit_kwargs,
 ) -> tuple[dict[str, Codebook], FitResult]:
     """Train the shared centroids (and the unshared parameters) with ``fit``, then bake them into the weights.
 
     The clusters do not change, so the model keeps ≤ 2^bits distinct nonzero values per layer and its zeros.
+    Biases trained here are rounded to ``bias_dtype`` at the end (see :func:`round_biases_`).
     Returns (the trained codebooks, ``fit``'s result).
 
     Example:
@@ -273,4 +297,5 @@ def finetune_codebooks(
         result = fit(model, train_set, val_set, cfg, **fit_kwargs)
     finally:
         trained = bake_(model)
+    round_biases_(model, bias_dtype)
     return trained, result
