@@ -42,6 +42,9 @@ def main() -> int:
                    help='codebook widths instead of the paper\'s, JSON: 5 or \'{"conv*": 8, "fc*": 4}\'')
     p.add_argument("--bias-dtype", choices=["float32", "float16"], default="float16",
                    help="precision of the biases in the file (CodebookConfig.bias_dtype)")
+    p.add_argument("--kd-temperature", type=float, default=0.0,
+                   help="> 0: retrain and fine-tune the centroids on the dense model's soft targets at this T "
+                        "(α=0.5 hard/soft) instead of labels alone — torchslim's prune+distill chain, not the paper's")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="", help="suffix of the result files (to keep several settings side by side)")
     args = p.parse_args()
@@ -53,7 +56,8 @@ def main() -> int:
     from torchslim.export import load_compressed, save_compressed
     from torchslim.models import create_model
     from torchslim.prune import CodebookConfig, Masks, finetune_codebooks, magnitude_masks, share_weights_
-    from torchslim.training import TrainConfig, accuracy_of, fit
+    from torchslim.distillation import kd_loss
+    from torchslim.training import TrainConfig, accuracy_of, fit, predict
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -67,6 +71,17 @@ def main() -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     fit(model, data.train, data.val, TrainConfig(epochs=args.epochs, lr=1e-3, schedule="cosine", weight_decay=wd), stage="dense", log=log)
     dense_err = 100 * (1 - accuracy_of(model, data.test))
+    train_set, extra = data.train, {}
+    if args.kd_temperature > 0:
+        # The dense model's logits, computed once: the pruned model learns them back (Hinton KD with α = 0.5).
+        x, y = data.train.tensors[:2]
+        train_set = torch.utils.data.TensorDataset(x, y, predict(model, x))
+
+        def kd_step(m, xb, yb, tb):
+            logits = m(xb)
+            return kd_loss(logits, tb, yb, args.kd_temperature, 0.5), logits
+
+        extra = {"loss_fn": kd_step}
 
     layers = {name: model.get_submodule(name) for name in keep}
     for k in range(1, args.rounds + 1):
@@ -77,16 +92,16 @@ def main() -> int:
             masks.update(magnitude_masks({name: layer}, target, "layerwise"))
         held = Masks(layers, masks)
         held.apply()
-        fit(model, data.train, data.val, TrainConfig(epochs=args.retrain_epochs, lr=args.retrain_lr, schedule="cosine", weight_decay=wd),
-            after_step=held.apply, stage=f"prune round {k}", log=log)
+        fit(model, train_set, data.val, TrainConfig(epochs=args.retrain_epochs, lr=args.retrain_lr, schedule="cosine", weight_decay=wd),
+            after_step=held.apply, stage=f"prune round {k}", log=log, **extra)
     pruned_err = 100 * (1 - accuracy_of(model, data.test))
     kept = {name: round(1 - s, 4) for name, s in held.sparsity().items()}
 
     books = share_weights_(model, CodebookConfig(bits=bits, bias_dtype=args.bias_dtype))
     shared_err = 100 * (1 - accuracy_of(model, data.test))
-    books, _ = finetune_codebooks(model, books, data.train, data.val,
+    books, _ = finetune_codebooks(model, books, train_set, data.val,
                                   TrainConfig(epochs=args.share_epochs, lr=1e-4, schedule="cosine", keep="last"),
-                                  bias_dtype=args.bias_dtype, stage="centroids", log=log)
+                                  bias_dtype=args.bias_dtype, stage="centroids", log=log, **extra)
     out = ROOT / "bench" / "out" / "deep-compression"
     out.mkdir(parents=True, exist_ok=True)
     info = save_compressed(model, out / f"{args.model}{args.tag}.tsdc", books)
