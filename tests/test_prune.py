@@ -98,7 +98,7 @@ def test_gradient_criterion_without_data_is_a_clear_error():
 
 
 def test_unknown_criterion_lists_the_choices():
-    with pytest.raises(Exception, match="did you mean 'taylor'.*valid choices: magnitude, random, snip, taylor"):
+    with pytest.raises(Exception, match="did you mean 'taylor'.*valid choices: apoz, entropy, han, magnitude, random, snip, taylor"):
         PruneConfig(criterion="tailor")
 
 

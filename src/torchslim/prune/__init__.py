@@ -1,6 +1,7 @@
-"""Pruning: registered criteria (magnitude, random, Taylor, SNIP), unstructured (layerwise or global, one-shot or
-iterative) and N:M masks, Han's std threshold, and Deep Compression's k-means weight sharing with centroid
-fine-tuning."""
+"""Pruning: registered criteria (magnitude, han, random, Taylor, SNIP, APoZ, entropy), schedules (one-shot,
+iterative, gradual AGP, lottery tickets with rewinding), unstructured (layerwise or global, one-shot or
+iterative, or per layer from a sensitivity analysis) and N:M masks with their packed storage, Han's std
+threshold, and Deep Compression's k-means weight sharing with centroid fine-tuning."""
 from torchslim.prune.codebook import (
     Codebook,
     CodebookConfig,
@@ -15,8 +16,16 @@ from torchslim.prune.config import MagnitudePruneConfig, PruneConfig
 from torchslim.prune.criteria import CRITERIA
 from torchslim.prune.han import han_prune_, han_threshold_masks
 from torchslim.prune.magnitude import Masks, magnitude_masks, masks_from_scores, nm_masks, prunable_layers, prune_
+from torchslim.prune.nm import NMPacked, nm_bytes, pack_nm, unpack_nm
+from torchslim.prune.schedules import GradualPruner, LotteryResult, agp_sparsity, gradual_prune, lottery_ticket
+from torchslim.prune.sensitivity import layer_sensitivity, plot_sensitivity_curves, sparsities_from_sensitivity
+from torchslim.prune.structured import CHANNEL_IMPORTANCE, ChannelPruneConfig, prune_channels_, resize_to_state_dict_
 
 __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "MagnitudePruneConfig", "Masks",
            "magnitude_masks", "prunable_layers", "prune_",
            "CodebookConfig", "Codebook", "share_weights_", "kmeans_1d", "attach_codebooks_", "bake_",
-           "finetune_codebooks", "round_biases_", "han_threshold_masks", "han_prune_"]
+           "finetune_codebooks", "round_biases_", "han_threshold_masks", "han_prune_",
+           "NMPacked", "nm_bytes", "pack_nm", "unpack_nm",
+           "GradualPruner", "LotteryResult", "agp_sparsity", "gradual_prune", "lottery_ticket",
+           "layer_sensitivity", "plot_sensitivity_curves", "sparsities_from_sensitivity",
+           "ChannelPruneConfig", "CHANNEL_IMPORTANCE", "prune_channels_", "resize_to_state_dict_"]

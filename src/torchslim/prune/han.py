@@ -1,7 +1,9 @@
 """Han et al.'s layerwise pruning threshold: prune |w| < quality × std(w) in each layer (Han, Pool, Tran, Dally 2015).
 
 Unlike a target sparsity, the quality parameter adapts to each layer's spread: wide layers with many small weights
-lose more. The 2015 paper pairs it with retraining at 1/10 of the learning rate, repeated.
+lose more. The 2015 paper pairs it with retraining at 1/10 of the learning rate, repeated. The registered criterion
+``han`` (|w| / σ) is the same rule with one quality for every layer, chosen so that a global cut reaches a target
+sparsity.
 
 Example:
     >>> from torchslim.models import create_model
@@ -23,6 +25,12 @@ from torchslim.prune.codebook import per_layer
 from torchslim.prune.magnitude import Masks, prunable_layers
 
 
+def layer_std(weight: torch.Tensor) -> float:
+    """σ of Han's threshold: the (unbiased) std of all the layer's weights as they are now, zeros included; 0 for a
+    single weight. The `han` pruning criterion divides by the same σ, so a global cut there is this threshold."""
+    return weight.detach().float().std().item() if weight.numel() > 1 else 0.0
+
+
 @torch.no_grad()
 def han_threshold_masks(
     layers: Mapping[str, nn.Module], quality: float | Mapping[str, float]
@@ -41,8 +49,8 @@ def han_threshold_masks(
     masks = {}
     for name, layer in layers.items():
         w = layer.weight
-        masks[name] = (w.abs() >= q[name] * w.float().std().to(w.dtype)).to(w.dtype) if w.numel() > 1 \
-            else torch.ones_like(w)
+        std = torch.tensor(layer_std(w), dtype=w.dtype)
+        masks[name] = (w.abs() >= q[name] * std).to(w.dtype) if w.numel() > 1 else torch.ones_like(w)
     return masks
 
 

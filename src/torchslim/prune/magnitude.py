@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -47,9 +48,10 @@ def magnitude_masks(layers: dict[str, nn.Module], sparsity: float, scope: str, n
 
 
 @torch.no_grad()
-def masks_from_scores(layers: dict[str, nn.Module], scores: dict[str, torch.Tensor], sparsity: float,
-                      scope: str) -> dict[str, torch.Tensor]:
-    """Masks that zero the `sparsity` fraction of lowest-scored weights, globally or per layer.
+def masks_from_scores(layers: dict[str, nn.Module], scores: dict[str, torch.Tensor],
+                      sparsity: float | Mapping[str, float], scope: str) -> dict[str, torch.Tensor]:
+    """Masks that zero the `sparsity` fraction of lowest-scored weights, globally or per layer; a mapping
+    {layer: sparsity} (from `prune.sensitivity`) prunes each layer to its own level, whatever `scope`.
 
     Exactly k = round(sparsity·n) weights are pruned (ties broken by position) so the level is what was asked.
     Weights that are already zero rank lowest whatever their score, so iterative pruning only ever removes more.
@@ -57,7 +59,12 @@ def masks_from_scores(layers: dict[str, nn.Module], scores: dict[str, torch.Tens
     if not layers:
         raise TorchslimError("prune: the model has no Conv/Linear layers left to prune (check prune.exclude)")
     ranked = {name: torch.where(m.weight == 0, float("-inf"), scores[name].float()) for name, m in layers.items()}
-    if scope == "layerwise":
+    if isinstance(sparsity, Mapping):
+        missing = [name for name in layers if name not in sparsity]
+        if missing:
+            raise TorchslimError(f"prune: per-layer sparsities name no level for layer(s) {missing}")
+        keep = {name: _keep_top(ranked[name], sparsity[name]) for name in layers}
+    elif scope == "layerwise":
         keep = {name: _keep_top(ranked[name], sparsity) for name in layers}
     else:
         flat = _keep_top(torch.cat([ranked[name].flatten() for name in layers]), sparsity)
@@ -95,10 +102,12 @@ def _keep_top(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.view_as(scores)
 
 
-def prune_(model: nn.Module, cfg: PruneConfig, sparsity: float | None = None, data=None) -> Masks:
+def prune_(model: nn.Module, cfg: PruneConfig, sparsity: float | Mapping[str, float] | None = None,
+           data=None) -> Masks:
     """Zero the lowest-scored weights of `model` in place (no retraining) and return the masks.
 
-    `data` (a DataBundle) is needed by gradient criteria (taylor, snip) only.
+    `data` (a DataBundle) is needed by gradient criteria (taylor, snip) only. ``scope="sensitivity"`` needs the
+    per-layer levels as `sparsity` ({layer: fraction}, e.g. ``sensitivity_plan(...)["sparsities"]``).
 
     Example:
         >>> masks = prune_(model, PruneConfig(sparsity=0.9, scope="global"))   # doctest: +SKIP
@@ -107,6 +116,9 @@ def prune_(model: nn.Module, cfg: PruneConfig, sparsity: float | None = None, da
     """
     from torchslim.prune.criteria import CRITERIA
 
+    if cfg.scope == "sensitivity" and not isinstance(sparsity, Mapping):
+        raise TorchslimError("prune scope 'sensitivity' needs one sparsity per layer: pass "
+                             "sparsity=sensitivity_plan(model, data, cfg)['sparsities'] (torchslim.prune.sensitivity)")
     layers = prunable_layers(model, cfg.exclude)
     scores = CRITERIA.get(cfg.criterion)(layers, model=model, data=data, norm=cfg.norm, batches=cfg.criterion_batches)
     if cfg.n_m is not None:

@@ -1,0 +1,297 @@
+"""Structured pruning: whole channels of convolutions and units of linear layers removed for real.
+
+The layers shrink (a ``Conv2d(64, 64)`` becomes a ``Conv2d(41, 37)``), so the pruned model is smaller and faster in
+any runtime, with no sparse kernels. Which channels must go together (the convolutions on both sides of a residual
+add, the batch norm after a convolution, the next layer's inputs) is found by Torch-Pruning's dependency graph
+(Fang et al. 2023, DepGraph) rather than by a graph of our own; torchslim chooses how many channels go and checks the
+result by counting the MACs of the pruned model itself.
+
+    info = prune_channels_(model, ChannelPruneConfig(macs_reduction=2.0), torch.zeros(1, 1, 28, 28))
+    info["macs_after"] <= info["macs_before"] / 2      # True
+
+Importance criteria (`torchslim list channel-importances`) are registered in ``CHANNEL_IMPORTANCE``: each entry
+gets the model, the data and the config, prepares what it needs (gradients, for Taylor) and returns a Torch-Pruning
+importance (a callable: one coupled group of layers in, one score per channel out).
+
+A pruned model no longer matches ``create_model(...)``: :func:`resize_to_state_dict_` gives a freshly built model
+the shapes of a saved pruned state dict before loading it.
+"""
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, field_validator
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.conv import _ConvNd
+
+from torchslim.config import Config
+from torchslim.errors import TorchslimError
+from torchslim.registry import Registry
+
+# The ratio is stepped in this many increments (each removes ~max_pruning_ratio/200 of the channels) until the
+# measured MACs reach the target: fine enough to stop within about half a percent of the MACs of the target.
+_STEPS = 200
+
+# entry(model, data=..., cfg=...) -> a Torch-Pruning importance: group -> 1-D tensor of channel scores (higher: keep)
+CHANNEL_IMPORTANCE: Registry[Callable[..., Any]] = Registry("channel importance")
+
+
+class ChannelPruneConfig(Config):
+    """Remove whole channels (conv filters, linear units) until the model has `macs_reduction`× fewer MACs.
+
+    ``scope="global"`` ranks the channels of all layers together (layers end with different widths); ``"uniform"``
+    removes the same fraction from every layer. ``rounds`` reaches the target in steps (the MACs shrink by the same
+    factor each round, ``macs_reduction^(1/rounds)``) with fine-tuning in between (the recipe stage's ``train``).
+    The final classifier's outputs are always kept; so are the outputs of layers matching an ``exclude`` glob (and
+    of every layer coupled to them, e.g. through a residual add).
+
+    Example:
+        >>> ChannelPruneConfig(macs_reduction=2.0, rounds=2).round_targets(1000)
+        [707, 500]
+    """
+
+    macs_reduction: float = Field(2.0, gt=1, le=100, description="MACs before / MACs after (2.0 = half the MACs)")
+    importance: str = Field("l1", description="how channels are ranked: see `torchslim list channel-importances`")
+    scope: Literal["global", "uniform"] = "global"
+    rounds: int = Field(1, ge=1, le=20, description="prune/fine-tune rounds to reach the target")
+    round_to: int | None = Field(None, ge=1, le=1024, description="keep channel counts a multiple of this (SIMD width)")
+    exclude: list[str] = Field(default_factory=list, description="glob patterns of module names whose outputs are kept")
+    max_pruning_ratio: float = Field(0.9, gt=0, lt=1, description="no layer loses more than this fraction of its "
+                                                                  "channels in one round")
+    importance_batches: int = Field(8, ge=1, le=10_000, description="training batches of 128 for taylor's gradients")
+
+    @field_validator("importance")
+    @classmethod
+    def _known_importance(cls, name: str) -> str:
+        try:
+            CHANNEL_IMPORTANCE.get(name)
+        except TorchslimError as e:  # a ValueError, so that a recipe error names the field
+            raise ValueError(str(e)) from None
+        return name
+
+    def round_targets(self, macs: int) -> list[int]:
+        """MACs to reach after each round, starting from `macs`: the same reduction factor every round."""
+        return [int(macs / self.macs_reduction ** (k / self.rounds)) for k in range(1, self.rounds + 1)]
+
+
+# ------------------------------------------------------------------------------------------------------ importances
+@CHANNEL_IMPORTANCE.register("l1", help="L1 norm of each channel's weights over its coupled layers (Li et al. 2017), "
+                                        "needs no data")
+def _l1(model: nn.Module, **_) -> Any:
+    import torch_pruning as tp
+
+    # Mean over the group (conv filter, BN scale, next layer's input slice), normalized by the group's mean so that
+    # a global ranking compares channels of wide and narrow groups fairly.
+    return tp.importance.MagnitudeImportance(p=1)
+
+
+@CHANNEL_IMPORTANCE.register("bn_scale", help="|γ| of the batch norm after each channel (network slimming, Liu et "
+                                              "al. 2017); train with train.bn_l1 > 0 first")
+def _bn_scale(model: nn.Module, **_) -> Any:
+    import torch_pruning as tp
+
+    if not any(isinstance(m, _BatchNorm) and m.affine for m in model.modules()):
+        raise TorchslimError("channel importance 'bn_scale' needs batch norm layers with a scale (γ), and the model "
+                             "has none; choose l1 or taylor")
+    return tp.importance.BNScaleImportance()
+
+
+@CHANNEL_IMPORTANCE.register("taylor", help="first-order Taylor |w·∂L/∂w| summed per channel over a few training "
+                                            "batches (Molchanov et al. 2019)")
+def _taylor(model: nn.Module, *, data=None, cfg: ChannelPruneConfig | None = None, seed: int = 0, **_) -> Any:
+    import torch_pruning as tp
+
+    if data is None:
+        raise TorchslimError("channel importance 'taylor' needs training data (gradients); data-free choices: "
+                             "bn_scale, l1")
+    batches = cfg.importance_batches if cfg is not None else 8
+    _accumulate_gradients(model, data.train, batches, batch_size=128, seed=seed)
+    return tp.importance.TaylorImportance()
+
+
+def _accumulate_gradients(model: nn.Module, train_set, batches: int, batch_size: int, seed: int) -> None:
+    """Leave ∂L/∂w summed over `batches` seeded training batches in every parameter's .grad (cross-entropy).
+
+    Torch-Pruning slices .grad together with the weights, so the gradients stay aligned while channels go.
+    """
+    x, y = train_set.tensors[:2]
+    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * batch_size]
+    model.zero_grad(set_to_none=True)
+    # eval: batch norm uses its running statistics, as the pruned model will at inference; no dropout noise.
+    model.eval()
+    for idx in rows.split(batch_size):
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+
+
+# ---------------------------------------------------------------------------------------------------------- pruning
+def prune_channels_(model: nn.Module, cfg: ChannelPruneConfig, example_inputs: torch.Tensor, data=None,
+                    target_macs: int | None = None) -> dict:
+    """Remove channels from `model` in place until its MACs are at most `target_macs`; return what changed.
+
+    `target_macs` defaults to the model's MACs / ``cfg.macs_reduction`` (one round); a multi-round schedule passes
+    ``cfg.round_targets(original_macs)[k]``. The pruning ratio is stepped up in small increments and the MACs of the
+    pruned model are counted after each one (:func:`torchslim.evaluation.measure.count_macs`, one sample of
+    `example_inputs`' shape), so the target is met as measured, whatever the per-layer widths turn out to be.
+    `data` (a DataBundle) is needed by the taylor importance only. The returned dict holds MACs and parameters
+    before and after, the reduction reached, and per layer the output channels ``[before, after]``.
+
+    Example:
+        >>> model = create_model("resnet8", input_shape=(1, 16, 16))                             # doctest: +SKIP
+        >>> info = prune_channels_(model, ChannelPruneConfig(), torch.zeros(1, 1, 16, 16))       # doctest: +SKIP
+        >>> info["macs_reduction"] >= 2.0                                                        # doctest: +SKIP
+        True
+    """
+    import torch_pruning as tp
+
+    from torchslim.evaluation.measure import count_macs, count_params
+
+    shape = tuple(example_inputs.shape[1:])
+    macs_before, params_before = count_macs(model, shape), count_params(model)[0]
+    target = int(macs_before / cfg.macs_reduction) if target_macs is None else int(target_macs)
+    before = _widths(model)
+    was_training = model.training
+    steps, macs = 0, macs_before
+    try:
+        if macs > target:
+            make_importance = CHANNEL_IMPORTANCE.get(cfg.importance)
+            importance = make_importance(model, data=data, cfg=cfg)
+            model.eval()  # tracing runs the model: batch norm must not update its running statistics
+            kept = [m for name, m in model.named_modules() if isinstance(m, (_ConvNd, nn.Linear))
+                    and any(fnmatch.fnmatch(name, pat) for pat in cfg.exclude)]
+            pruner = tp.pruner.BasePruner(
+                model, example_inputs, importance, global_pruning=cfg.scope == "global",
+                pruning_ratio=cfg.max_pruning_ratio, max_pruning_ratio=cfg.max_pruning_ratio, iterative_steps=_STEPS,
+                ignored_layers=[*kept, _classifier(model, example_inputs)], round_to=cfg.round_to)
+            while macs > target and steps < _STEPS:
+                pruner.step()
+                steps += 1
+                macs = count_macs(model, shape)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if macs > target:
+        raise TorchslimError(
+            f"prune_channels: reached only {macs_before / macs:.2f}x fewer MACs ({macs:,} > target {target:,}) with "
+            f"max_pruning_ratio={cfg.max_pruning_ratio} and {len(cfg.exclude)} exclude pattern(s); raise "
+            f"max_pruning_ratio, exclude fewer layers, or ask for a smaller macs_reduction")
+    after = _widths(model)
+    return {"importance": cfg.importance, "scope": cfg.scope, "target_macs": target, "macs_before": macs_before,
+            "macs_after": macs, "macs_reduction": macs_before / macs, "params_before": params_before,
+            "params_after": count_params(model)[0], "steps": steps,
+            "channels": {name: [before[name], after[name]] for name in after}}
+
+
+def _widths(model: nn.Module) -> dict[str, int]:
+    """Output channels (conv) or units (linear) per layer."""
+    return {name: m.out_channels if isinstance(m, _ConvNd) else m.out_features
+            for name, m in model.named_modules() if isinstance(m, (_ConvNd, nn.Linear))}
+
+
+def _classifier(model: nn.Module, example_inputs: torch.Tensor) -> nn.Module:
+    """The Conv/Linear layer whose output is the model's output (else the last one to run): its outputs are the
+    classes, which must all stay."""
+    ran: list[tuple[nn.Module, torch.Tensor]] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: ran.append((mod, out)))
+             for m in model.modules() if isinstance(m, (_ConvNd, nn.Linear))]
+    try:
+        with torch.no_grad():
+            out = model(example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not ran:
+        raise TorchslimError("prune_channels: the model has no Conv/Linear layer to prune")
+    return next((mod for mod, o in ran if o is out), ran[-1][0])
+
+
+# --------------------------------------------------------------------------------------------------------- reloading
+def resize_to_state_dict_(model: nn.Module, state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Give the Conv/Linear/BatchNorm layers of `model` the shapes of a saved (channel-pruned) state dict, in place.
+
+    Parameters and buffers get new, uninitialized tensors of the saved shapes and the layer attributes follow
+    (``in_channels``/``out_channels``/``groups``, ``in_features``/``out_features``, ``num_features``), so that
+    ``load_state_dict`` fits. Only channel dimensions may differ: a different kernel size or number of dimensions is
+    not a pruned version of this model and raises. Returns the names of the layers resized.
+
+    Example:
+        >>> model = create_model("resnet20")                             # doctest: +SKIP
+        >>> state = load_state_dict("run/prune_channels.safetensors")    # doctest: +SKIP
+        >>> resize_to_state_dict_(model, state)                          # doctest: +SKIP
+        ['conv1', 'bn1', 'layer1.0.conv1', ...]
+        >>> model.load_state_dict(state)                                 # doctest: +SKIP
+    """
+    resized = []
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        saved = {attr: state_dict[prefix + attr] for attr in ("weight", "bias", "running_mean", "running_var")
+                 if prefix + attr in state_dict}
+        if isinstance(m, (_ConvNd, nn.Linear)) and "weight" in saved:
+            changed = _resize_conv(name, m, saved) if isinstance(m, _ConvNd) else _resize_linear(name, m, saved)
+        elif isinstance(m, _BatchNorm) and ("running_mean" in saved or "weight" in saved):
+            changed = _resize_batchnorm(m, saved)
+        else:
+            continue
+        if changed:
+            resized.append(name)
+    return resized
+
+
+def _replace(module: nn.Module, attr: str, shape: tuple[int, ...]) -> bool:
+    """Swap `module.attr` (a parameter or buffer) for an empty tensor of `shape`; False when it already fits."""
+    old = getattr(module, attr, None)
+    if old is None or tuple(old.shape) == tuple(shape):
+        return False
+    new = torch.empty(shape, dtype=old.dtype, device=old.device)
+    if isinstance(old, nn.Parameter):
+        setattr(module, attr, nn.Parameter(new, requires_grad=old.requires_grad))
+    else:
+        module.register_buffer(attr, new)
+    return True
+
+
+def _resize_linear(name: str, m: nn.Linear, saved: dict) -> bool:
+    shape = tuple(saved["weight"].shape)
+    if len(shape) != 2:
+        raise TorchslimError(f"cannot resize linear layer '{name}' to a saved weight of shape {shape}")
+    changed = _replace(m, "weight", shape)
+    if m.bias is not None and "bias" in saved:
+        changed |= _replace(m, "bias", (shape[0],))
+    m.out_features, m.in_features = shape
+    return changed
+
+
+def _resize_conv(name: str, m: _ConvNd, saved: dict) -> bool:
+    shape = tuple(saved["weight"].shape)
+    if len(shape) != m.weight.dim() or shape[2:] != tuple(m.weight.shape[2:]):
+        raise TorchslimError(f"cannot resize convolution '{name}' (weight {tuple(m.weight.shape)}) to a saved weight "
+                             f"of shape {shape}: only channel counts may differ")
+    # Depthwise (one group per channel) stays depthwise; any other grouping keeps its number of groups.
+    depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+    if m.transposed:  # weight: (in, out / groups, *kernel)
+        groups = shape[0] if depthwise else m.groups
+        in_channels, out_channels = shape[0], shape[1] * groups
+    else:  # weight: (out, in / groups, *kernel)
+        groups = shape[0] if depthwise else m.groups
+        in_channels, out_channels = shape[1] * groups, shape[0]
+    if out_channels % groups or in_channels % groups:
+        raise TorchslimError(f"cannot resize convolution '{name}' to a saved weight of shape {shape}: "
+                             f"{in_channels} inputs / {out_channels} outputs do not split into {groups} groups")
+    changed = _replace(m, "weight", shape)
+    if m.bias is not None and "bias" in saved:
+        changed |= _replace(m, "bias", (out_channels,))
+    m.in_channels, m.out_channels, m.groups = in_channels, out_channels, groups
+    return changed
+
+
+def _resize_batchnorm(m: _BatchNorm, saved: dict) -> bool:
+    n = int((saved.get("running_mean") if "running_mean" in saved else saved["weight"]).shape[0])
+    changed = False
+    for attr in ("weight", "bias", "running_mean", "running_var"):
+        changed |= _replace(m, attr, (n,))
+    m.num_features = n
+    return changed
