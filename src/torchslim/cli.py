@@ -8,7 +8,7 @@ from pathlib import Path
 from torchslim import __version__
 from torchslim.errors import TorchslimError
 
-LISTABLE = ("models", "datasets", "stages", "observers", "criteria")
+LISTABLE = ("models", "datasets", "stages", "observers", "criteria", "losses", "channel-importances")
 
 
 class _ArgumentError(Exception):
@@ -100,6 +100,10 @@ def _list(what: str) -> int:
         from torchslim.quant import OBSERVERS as reg
     elif what == "criteria":
         from torchslim.prune import CRITERIA as reg
+    elif what == "losses":
+        from torchslim.distillation import LOSSES as reg
+    elif what == "channel-importances":
+        from torchslim.prune.structured import CHANNEL_IMPORTANCE as reg
     else:
         raise unknown_choice("list target", what, LISTABLE)
     for name in reg.names():

@@ -23,7 +23,7 @@ from torch import nn
 
 from torchslim.artifact import Artifact
 from torchslim.errors import TorchslimError
-from torchslim.io import atomic_write_json, atomic_write_text, load_checkpoint, save_checkpoint
+from torchslim.io import atomic_write_json, atomic_write_text, load_checkpoint, load_state_dict, save_checkpoint
 from torchslim.recipe import ModelSpec, Recipe, dump_recipe, stage_name
 from torchslim.registry import Registry
 from torchslim.training import dist
@@ -39,6 +39,7 @@ class RunState:
     data: object  # torchslim.data.DataBundle
     log: Log
     teacher: nn.Module | None = None
+    teachers: dict[str, nn.Module] = field(default_factory=dict)  # every teacher by name (`teacher:` is "teacher")
     model: nn.Module | None = None  # the current model: what the next stage starts from
     student: str | None = None  # name of the first student artifact, the "uncompressed student" baseline
     artifacts: list[Artifact] = field(default_factory=list)
@@ -77,21 +78,25 @@ def _fit_info(result) -> dict:
             "best_val_accuracy": result.best_val_accuracy}
 
 
-def _teacher(state: RunState) -> Artifact:
-    spec = state.recipe.teacher
+def _teacher_spec(recipe: Recipe, name: str):
+    return recipe.teacher if name == "teacher" else next(t for t in recipe.teachers if t.name == name)
+
+
+def _teacher(state: RunState, name: str = "teacher") -> Artifact:
+    spec = _teacher_spec(state.recipe, name)
     torch.manual_seed(state.recipe.seed)
     model = state.create(spec)
     if spec.checkpoint:
         load_checkpoint(model, spec.checkpoint)
-        state.log(f"[teacher] loaded {spec.checkpoint}")
+        state.log(f"[{name}] loaded {spec.checkpoint}")
         info = {"checkpoint": spec.checkpoint}
     else:
         from torchslim.training import fit
 
         info = _fit_info(fit(model, state.data.train, state.data.val, spec.train, seed=state.recipe.seed,
-                             checkpoint=state.checkpoint("teacher"), stage="teacher", log=state.log))
-    path = state.save(model, "teacher", {"model": spec.model, "args": spec.args})
-    return Artifact("teacher", "teacher", "pytorch", path, model.eval(), info)
+                             checkpoint=state.checkpoint(name), stage=name, log=state.log))
+    path = state.save(model, name, {"model": spec.model, "args": spec.args})
+    return Artifact(name, "teacher", "pytorch", path, model.eval(), info)
 
 
 @STAGES.register("train", help="train the student on labels alone")
@@ -105,29 +110,68 @@ def _train(st, state: RunState, seed: int) -> Artifact:
     return _pytorch_artifact(st, state, model, info)
 
 
-@STAGES.register("distill", help="train the student from the teacher's soft targets (Hinton KD)")
+@STAGES.register("distill", help="train the student from the teacher(s): Hinton KD, or a list of losses "
+                                  "(`torchslim list losses`)")
 def _distill(st, state: RunState, seed: int) -> Artifact:
-    from torchslim.distillation import KDConfig, distill
+    from torchslim.distillation import KDConfig, distill, teacher_agreement
 
     torch.manual_seed(seed)
-    model = state.create(state.recipe.student)
+    model = state.create(state.recipe.student) if st.init == "fresh" else copy.deepcopy(state.model)
     kd = KDConfig(**st.model_dump(include=set(KDConfig.model_fields)))
-    info = _fit_info(distill(model, state.teacher, state.data, kd, st.train, seed=seed,
+    teachers = {name: state.teachers[name] for name in st.teachers or state.teachers}
+    info = _fit_info(distill(model, teachers, state.data, kd, st.train, seed=seed,
                              checkpoint=state.checkpoint(stage_name(st)), stage=stage_name(st), log=state.log))
     info["kd"] = kd.model_dump()
+    info["teachers"] = list(teachers)
+    if st.init == "current":
+        info["init_from"] = next((a.name for a in reversed(state.artifacts)
+                                  if a.runtime == "pytorch" and a.model is state.model), None)
+    if dist.is_main():
+        # Top-1 agreement with the teacher(s) on the test set: how much of the teacher's function was transferred.
+        info["teacher_agreement"] = teacher_agreement(model, teachers, state.data.test.tensors[0], kd)
+        state.log(f"[{stage_name(st)}] top-1 agreement with the teacher on the test set: "
+                  f"{100 * info['teacher_agreement']['combined']:.2f}%")
     return _pytorch_artifact(st, state, model, info)
 
 
-@STAGES.register("prune", help="magnitude pruning, one-shot or iterative, with masked fine-tuning")
+@STAGES.register("datafree", help="distill the teacher without training images: DAFL generator, DeepInversion, "
+                                  "few-data VAE, or Gaussian noise (the baseline)")
+def _datafree(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.distillation.datafree import DataFreeConfig, distill_data_free, few_data_indices
+
+    torch.manual_seed(seed)
+    model = state.create(state.recipe.student)
+    cfg = DataFreeConfig(**st.model_dump(include=set(DataFreeConfig.model_fields)))
+    few = idx = None
+    if cfg.method == "vae":
+        idx = few_data_indices(len(state.data.train), cfg.vae.few_data, seed)
+        few = state.data.train.tensors[0][idx]  # images only: their labels stay behind
+    # The guard, by construction: besides the teacher, the function receives the validation split (evaluated only)
+    # and, for vae alone, those few images. The training split is never passed.
+    info = distill_data_free(model, state.teacher, cfg, st.train, input_shape=state.data.input_shape,
+                             num_classes=state.data.num_classes, val=state.data.val, few_data=few, seed=seed,
+                             checkpoint=state.checkpoint(stage_name(st)), stage=stage_name(st), log=state.log)
+    if idx is not None:
+        info["few_data_indices"] = idx.tolist()
+    return _pytorch_artifact(st, state, model, info)
+
+
+@STAGES.register("prune", help="pruning by a registered criterion: one-shot, iterative, gradual (AGP) or lottery "
+                               "ticket, with masked fine-tuning")
 def _prune(st, state: RunState, seed: int) -> Artifact:
     from torchslim.prune import PruneConfig, prune_
     from torchslim.training import fit
 
     cfg = PruneConfig(**st.model_dump(include=set(PruneConfig.model_fields)))
     model = copy.deepcopy(state.model)
+    plan = _sensitivity_plan(st, state, cfg, model)  # None unless scope: sensitivity
+    if cfg.schedule == "gradual":
+        return _prune_gradual(st, state, cfg, model, plan, seed)
+    if cfg.schedule == "lottery":
+        return _prune_lottery(st, state, cfg, seed)
     rounds = []
     for k, target in enumerate(cfg.round_targets(), start=1):
-        masks = prune_(model, cfg, sparsity=target, data=state.data)
+        masks = prune_(model, cfg, sparsity=target if plan is None else _layer_levels(plan, target), data=state.data)
         state.log(f"[{stage_name(st)}] round {k}: pruned to {100 * masks.overall():.1f}% sparsity ({cfg.scope})")
         fitted = fit(model, state.data.train, state.data.val, st.train, seed=seed + k, after_step=masks.apply,
                      checkpoint=state.checkpoint(f"{stage_name(st)} round {k}"), extra_state=masks.masks,
@@ -137,7 +181,91 @@ def _prune(st, state: RunState, seed: int) -> Artifact:
     # saved model is an ordinary module with no mask buffers or hooks.
     info = {"sparsity": masks.sparsity(), "overall_sparsity": masks.overall(), "rounds": rounds,
             "prune": cfg.model_dump()}
+    if plan is not None:
+        info["sensitivity"] = plan
+    if cfg.n_m is not None:
+        from torchslim.prune.nm import nm_storage
+
+        info["nm_storage"] = nm_storage(masks.layers, *cfg.n_m)
+        state.log(f"[{stage_name(st)}] {cfg.pattern} storage: {info['nm_storage']['packed_bytes']:,} bytes of weights "
+                  f"vs {info['nm_storage']['dense_bytes']:,} dense")
     return _pytorch_artifact(st, state, model, info)
+
+
+def _prune_gradual(st, state: RunState, cfg, model: nn.Module, plan: dict | None, seed: int) -> Artifact:
+    """schedule: gradual — one fine-tuning run whose masks follow the AGP ramp; resumable from its checkpoint (the
+    masks and the step counter are saved with it)."""
+    from torchslim.prune.schedules import gradual_prune
+
+    name = stage_name(st)
+    levels = (lambda s: _layer_levels(plan, s)) if plan is not None else None
+    masks, fitted = gradual_prune(model, cfg, state.data, st.train, seed=seed + 1, checkpoint=state.checkpoint(name),
+                                  stage=name, log=state.log, levels=levels)
+    state.log(f"[{name}] gradual: {100 * cfg.initial_sparsity:.0f}% → {100 * masks.overall():.1f}% sparsity "
+              f"({cfg.scope}, {cfg.criterion}, masks updated every {cfg.update_every} steps)")
+    info = {"sparsity": masks.sparsity(), "overall_sparsity": masks.overall(), "prune": cfg.model_dump(),
+            **_fit_info(fitted)}
+    if plan is not None:
+        info["sensitivity"] = plan
+    return _pytorch_artifact(st, state, model, info)
+
+
+def _fresh_model(state: RunState, seed: int) -> tuple[nn.Module, str]:
+    """A new initialization of the current model's architecture, drawn from `seed`: from the recipe's model factory
+    when it builds the same architecture (its own init, e.g. He init for ResNets), else PyTorch's default init of a
+    copy (`reinitialize_`), e.g. after structured pruning changed the widths."""
+    from torchslim.prune.schedules import reinitialize_
+
+    spec = state.recipe.student if state.student else state.recipe.teacher
+    if spec is not None:
+        torch.manual_seed(seed)
+        fresh = state.create(spec)
+        shapes = {k: v.shape for k, v in fresh.state_dict().items()}
+        if shapes == {k: v.shape for k, v in state.model.state_dict().items()}:
+            return fresh, f"{spec.model} factory, seed {seed}"
+    return reinitialize_(copy.deepcopy(state.model), seed), f"reset_parameters of the current model, seed {seed}"
+
+
+def _prune_lottery(st, state: RunState, cfg, seed: int) -> Artifact:
+    """schedule: lottery — retrains from scratch: the current model gives the architecture only, re-initialized from
+    the stage seed (θ_0), then Frankle & Carbin's train / prune / rewind rounds; each round has its own checkpoint."""
+    from torchslim.prune.schedules import lottery_ticket
+
+    name = stage_name(st)
+    model, how = _fresh_model(state, seed)
+    state.log(f"[{name}] lottery ticket: retraining from a fresh initialization ({how}); {cfg.rounds} rounds at "
+              f"{100 * cfg.lottery_rate:g}% per round ({100 * cfg.lottery_output_rate:g}% for the output layer), "
+              f"rewinding to epoch {cfg.rewind_epoch}" + (", random re-init for the last round" if cfg.reinit else ""))
+    result = lottery_ticket(model, cfg, state.data, st.train, seed=seed,
+                            fresh_init=lambda: _fresh_model(state, seed + 1)[0].state_dict(),
+                            checkpoint=lambda k: state.checkpoint(f"{name} round {k}"), stage=name, log=state.log)
+    info = {"sparsity": result.masks.sparsity(), "overall_sparsity": result.masks.overall(), "init": how,
+            "rounds": result.rounds, "prune": cfg.model_dump(), **_fit_info_of(result.rounds[-1])}
+    return _pytorch_artifact(st, state, model, info)
+
+
+def _fit_info_of(record: dict) -> dict:
+    return {k: record[k] for k in ("history", "best_epoch", "best_val_accuracy")}
+
+
+def _sensitivity_plan(st, state: RunState, cfg, model: nn.Module) -> dict | None:
+    """scope: sensitivity — prune each layer alone on the incoming model, then choose one sparsity per layer."""
+    if cfg.scope != "sensitivity":
+        return None
+    from torchslim.prune.sensitivity import sensitivity_plan
+
+    plan = sensitivity_plan(model, state.data, cfg)
+    levels = ", ".join(f"{name} {100 * s:.1f}%" for name, s in plan["sparsities"].items())
+    state.log(f"[{stage_name(st)}] sensitivity on {plan['samples']} val rows "
+              f"(dense {100 * plan['dense_accuracy']:.2f}%): tolerance {plan['tolerance_points']:.2f} points → {levels}")
+    return plan
+
+
+def _layer_levels(plan: dict, round_target: float) -> dict[str, float]:
+    """Each layer's sparsity for a round whose overall target is `round_target`: the schedule, per layer."""
+    from torchslim.prune.sensitivity import round_sparsities
+
+    return round_sparsities(plan["sparsities"], round_target, plan["target"])
 
 
 @STAGES.register("finetune", help="train the current model further on labels, keeping its zeros")
@@ -157,6 +285,37 @@ def _finetune(st, state: RunState, seed: int) -> Artifact:
     return _pytorch_artifact(st, state, model, info)
 
 
+@STAGES.register("prune_channels", help="structured pruning: remove whole channels down to a MACs target "
+                                        "(Torch-Pruning's dependency graph), fine-tuning after each round")
+def _prune_channels(st, state: RunState, seed: int) -> Artifact:
+    from torchslim.evaluation import count_macs, count_params
+    from torchslim.prune.structured import ChannelPruneConfig, prune_channels_
+    from torchslim.training import fit
+
+    name = stage_name(st)
+    cfg = ChannelPruneConfig(**st.model_dump(include=set(ChannelPruneConfig.model_fields)))
+    model = copy.deepcopy(state.model)
+    shape = state.data.input_shape
+    macs, params = count_macs(model, shape), count_params(model)[0]
+    widths, rounds = None, []
+    for k, target in enumerate(cfg.round_targets(macs), start=1):
+        pruned = prune_channels_(model, cfg, torch.zeros(1, *shape), data=state.data, target_macs=target)
+        widths = widths or {layer: c[0] for layer, c in pruned["channels"].items()}
+        state.log(f"[{name}] round {k}: {pruned['macs_after']:,} MACs ({macs / pruned['macs_after']:.2f}x fewer), "
+                  f"{pruned['params_after']:,} parameters ({cfg.importance}, {cfg.scope})")
+        # Pruning is deterministic, so a resumed run rebuilds the same shapes before its round checkpoint loads.
+        fitted = fit(model, state.data.train, state.data.val, st.train, seed=seed + k,
+                     checkpoint=state.checkpoint(f"{name} round {k}"), stage=f"{name} round {k}",
+                     log=state.log) if st.train.epochs else None
+        rounds.append({"target_macs": target, "macs": pruned["macs_after"], "params": pruned["params_after"],
+                       **(_fit_info(fitted) if fitted else {})})
+    info = {"macs_before": macs, "macs_after": rounds[-1]["macs"], "macs_reduction": macs / rounds[-1]["macs"],
+            "params_before": params, "params_after": rounds[-1]["params"],
+            "channels": {layer: [widths[layer], c[1]] for layer, c in pruned["channels"].items()},
+            "rounds": rounds, "prune_channels": cfg.model_dump()}
+    return _pytorch_artifact(st, state, model, info)
+
+
 @STAGES.register("share", help="Deep Compression k-means weight sharing with centroid fine-tuning")
 def _share(st, state: RunState, seed: int) -> Artifact:
     from torchslim.prune import CodebookConfig, finetune_codebooks, share_weights_
@@ -167,7 +326,7 @@ def _share(st, state: RunState, seed: int) -> Artifact:
     info: dict = {"codebook": cfg.model_dump(), "bits": {name: b.bits for name, b in books.items()}}
     if st.train.epochs:
         books, fitted = finetune_codebooks(model, books, state.data.train, state.data.val, st.train, seed=seed,
-                                           stage=stage_name(st), log=state.log)
+                                           bias_dtype=cfg.bias_dtype, stage=stage_name(st), log=state.log)
         info.update(_fit_info(fitted))
     state.codebooks = books
     return _pytorch_artifact(st, state, model, info)
@@ -281,24 +440,31 @@ def _quantized_artifact(st, state: RunState, qm: nn.Module, info: dict) -> Artif
     return Artifact(stage_name(st), st.type, "onnxruntime", path, state.model, info)
 
 
-TRAINING_STAGES = ("train", "distill", "prune", "finetune", "share")  # stages whose artifact is a PyTorch model
+# Stages whose artifact is a PyTorch model.
+TRAINING_STAGES = ("train", "distill", "prune", "finetune", "share", "datafree", "prune_channels")
 EVERY_RANK = TRAINING_STAGES + ("qat",)  # the ones every rank must run under torchrun
 
 
 def _pytorch_artifact(st, state: RunState, model: nn.Module, info: dict) -> Artifact:
     path = state.save(model, stage_name(st), {"stage": st.type, "model": state.recipe.student.model
-                                              if st.type in ("train", "distill") else None})
+                                              if st.type in ("train", "distill", "datafree") else None})
     return Artifact(stage_name(st), st.type, "pytorch", path, model.eval(), info)
 
 
 def _reload(st, state: RunState, done: dict) -> Artifact:
     """A finished stage's artifact, rebuilt from its files instead of being recomputed."""
     path, info = Path(done["path"]), done["info"]
-    if st is None:  # the teacher
-        model = state.create(state.recipe.teacher)
-        return Artifact("teacher", "teacher", "pytorch", path, load_checkpoint(model, path).eval(), info)
+    if st is None:  # a teacher
+        name = path.stem
+        model = state.create(_teacher_spec(state.recipe, name))
+        return Artifact(name, "teacher", "pytorch", path, load_checkpoint(model, path).eval(), info)
     if st.type in TRAINING_STAGES:
-        model = state.create(state.recipe.student) if st.type in ("train", "distill") else copy.deepcopy(state.model)
+        fresh = st.type in ("train", "datafree") or (st.type == "distill" and st.init == "fresh")
+        model = state.create(state.recipe.student) if fresh else copy.deepcopy(state.model)
+        if not fresh:  # prune_channels removed channels: give the layers the saved shapes before loading
+            from torchslim.prune.structured import resize_to_state_dict_
+
+            resize_to_state_dict_(model, load_state_dict(path))
         return Artifact(stage_name(st), st.type, "pytorch", path, load_checkpoint(model, path).eval(), info)
     if path.suffix == ".tsdc":
         from torchslim.export import load_compressed
@@ -342,11 +508,12 @@ def _resumable(before: dict, now: dict, done: dict, saved: Path) -> list[str]:
         return TorchslimError(f"--resume: {what} differs from the run in {saved.parent} ({saved}), and finished work "
                               f"depends on it; use a new --out, or drop --resume to start over")
 
-    changed = [key for key in ("version", "seed", "data", "teacher", "student") if before.get(key) != now.get(key)]
+    changed = [key for key in ("version", "seed", "data", "teacher", "teachers", "student")
+               if (before.get(key) or None) != (now.get(key) or None)]  # `teachers: []` and no key are the same
     if changed and done:
         raise refuse(changed[0])
     old_stages = before.get("stages", [])
-    stale = ["teacher"] if changed else []
+    stale = (["teacher"] + [t["name"] for t in now.get("teachers") or []]) if changed else []
     for i, st in enumerate(now["stages"]):
         name = st["name"] or st["type"]
         same = not changed and i < len(old_stages) and old_stages[i] == st
@@ -380,7 +547,52 @@ def check_recipe(recipe: Recipe) -> dict:
             except TorchslimError as e:
                 raise TorchslimError(f"{role}: {e}") from None
             summary[role] = {"model": spec.model, "params": sum(p.numel() for p in model.parameters())}
+    for i, spec in enumerate(recipe.teachers):
+        try:
+            model = state.create(spec)
+        except TorchslimError as e:
+            raise TorchslimError(f"teachers[{i}]: {e}") from None
+        summary.setdefault("teachers", {})[spec.name] = {"model": spec.model,
+                                                          "params": sum(p.numel() for p in model.parameters())}
+    _check_distill_stages(recipe, data)
+    _check_datafree_stages(recipe, state)
     return summary
+
+
+def _check_distill_stages(recipe: Recipe, data) -> None:
+    """Build every distill stage's objective on untrained models and a few training rows: unknown module names
+    (with a did-you-mean) and features that cannot be matched show up before any training."""
+    from torchslim.distillation import KDConfig, build_objective
+
+    state = RunState(recipe, Path("."), data, lambda m: None)
+    for i, st in enumerate(recipe.stages):
+        if st.type != "distill" or not (st.losses or len(st.teachers or recipe.teacher_names()) > 1):
+            continue
+        kd = KDConfig(**st.model_dump(include=set(KDConfig.model_fields)))
+        x, y = data.train.tensors[:2]
+        with torch.random.fork_rng(devices=[]):  # the run's random stream must not depend on this check
+            teachers = {n: state.create(_teacher_spec(recipe, n)).eval() for n in st.teachers or recipe.teacher_names()}
+            try:
+                build_objective(state.create(recipe.student), teachers, kd, x[:8], y)
+            except TorchslimError as e:
+                raise TorchslimError(f"stages[{i}] ({stage_name(st)}): {e}") from None
+
+
+def _check_datafree_stages(recipe: Recipe, state: RunState) -> None:
+    """A datafree stage that cannot work (deepinversion without BatchNorm, a DAFL feature layer the teacher lacks,
+    an input size the generator cannot make, more few-data images than the training split) fails here, before the
+    teacher is trained."""
+    from torchslim.distillation.datafree import DataFreeConfig, check_data_free
+
+    for i, st in enumerate(recipe.stages):
+        if st.type == "datafree" and recipe.teacher is not None:
+            with torch.random.fork_rng(devices=[]):
+                teacher = state.create(recipe.teacher)
+            try:
+                check_data_free(DataFreeConfig(**st.model_dump(include=set(DataFreeConfig.model_fields))), teacher,
+                                state.data.input_shape, n_train=len(state.data.train), teacher_name=recipe.teacher.model)
+            except TorchslimError as e:
+                raise TorchslimError(f"stages[{i}] ({stage_name(st)}): {e}") from None
 
 
 def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool = False) -> dict | None:
@@ -404,8 +616,10 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
         f"{len(data.test)} test, input {tuple(data.input_shape)}, {data.num_classes} classes"
         + (f"; {dist.world()} processes" if dist.world() > 1 else ""))
     state = RunState(recipe, out, data, log)
+    _check_distill_stages(recipe, data)
+    _check_datafree_stages(recipe, state)
 
-    steps = ([(None, "teacher", lambda: _teacher(state))] if recipe.teacher is not None else [])
+    steps = [(None, name, (lambda name=name: _teacher(state, name))) for name in recipe.teacher_names()]
     steps += [(st, stage_name(st), (lambda st=st, i=i: STAGES.get(st.type)(st, state, recipe.seed + i + 1)))
               for i, st in enumerate(recipe.stages)]
     for st, name, run in steps:
@@ -424,10 +638,11 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
                     ckpt.unlink()
             dist.barrier()
         if st is None:
-            state.teacher = art.model
-        elif st.type in ("train", "distill"):
+            state.teacher = art.model if state.teacher is None else state.teacher
+            state.teachers[name] = art.model
+        elif st.type in ("train", "distill", "datafree"):
             state.student = state.student or name
-        if art.runtime == "pytorch":
+        if art.runtime == "pytorch" and (st is not None or state.model is None):  # the first teacher is current
             state.model = art.model
         state.artifacts.append(art)
         state.seconds[name] = time.perf_counter() - t0
@@ -438,7 +653,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
     log(f"evaluating {len(state.artifacts)} artifacts (threads={ev.threads}, batch sizes {ev.batch_sizes})")
     latency = LatencyConfig(threads=ev.threads, batch_sizes=tuple(ev.batch_sizes), max_seconds=ev.max_seconds)
     records = evaluate(state.artifacts, data, latency=latency,
-                       teacher="teacher" if recipe.teacher else None, student=state.student)
+                       teacher=(recipe.teacher_names() or [None])[0], student=state.student)
     report = build_report(records, recipe=recipe.model_dump(mode="json"), data=data, threads=ev.threads,
                           meta={"stage_seconds": state.seconds, "processes": dist.world()}, latency=latency)
     write_report(report, out)

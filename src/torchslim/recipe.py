@@ -24,10 +24,12 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from torchslim.config import Config
 from torchslim.distillation.config import KDConfig
+from torchslim.distillation.datafree import DataFreeConfig
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.export.config import ExportConfig
 from torchslim.prune.codebook import CodebookConfig
 from torchslim.prune.config import PruneConfig
+from torchslim.prune.structured import ChannelPruneConfig
 from torchslim.quant.config import StaticInt8Config
 from torchslim.quant.spec import QuantConfig
 from torchslim.training.config import TrainConfig
@@ -54,6 +56,11 @@ class TeacherSpec(ModelSpec):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class NamedTeacherSpec(TeacherSpec):
+    """One of several teachers (`teachers:`); its name is its artifact's name and what distill stages refer to."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="letters, digits, _ . - (a file name)")
+
+
 class _Stage(Config):
     name: str | None = Field(None, description="unique name; also the artifact's name (default: the type)")
 
@@ -65,16 +72,31 @@ class TrainStage(_Stage):
 
 
 class DistillStage(_Stage, KDConfig):
-    """Train the student from the teacher's soft targets (Hinton KD)."""
+    """Train the student from the teacher's soft targets (Hinton KD), or from a list of `losses` (feature, relation
+    and contrastive terms; `torchslim list losses`), from one teacher or several."""
     type: Literal["distill"]
     train: TrainConfig = Field(default_factory=TrainConfig)
+    init: Literal["fresh", "current"] = Field("fresh", description="fresh: a new student; current: continue from "
+                                                                    "the current model (FitNets' second stage)")
+    teachers: list[str] | None = Field(None, description="names of the teachers to distill from (default: all; "
+                                                         "`teacher:` is named 'teacher')")
 
 
 class PruneStage(_Stage, PruneConfig):
     """Prune the current model (a registered criterion; unstructured or N:M); fine-tune after each round with the
-    masks held."""
+    masks held. ``schedule: gradual`` prunes during the fine-tuning; ``schedule: lottery`` retrains the current
+    architecture from a fresh initialization (seeded by the stage), rewinding between rounds."""
     type: Literal["prune"]
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
+
+    @model_validator(mode="after")
+    def _schedule_trains(self) -> PruneStage:
+        if self.schedule in ("gradual", "lottery") and self.train.epochs < 1:
+            raise ValueError(f"schedule '{self.schedule}' prunes while it trains: set train.epochs to 1 or more")
+        if self.schedule == "lottery" and self.rewind_epoch > self.train.epochs:
+            raise ValueError(f"rewind_epoch {self.rewind_epoch} is after the last epoch of a round (train.epochs "
+                             f"{self.train.epochs}); choose 0 (initialization) to {self.train.epochs}")
+        return self
 
 
 class FinetuneStage(_Stage):
@@ -130,6 +152,13 @@ class ShareStage(_Stage, CodebookConfig):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0, lr=1e-4))
 
 
+class PruneChannelsStage(_Stage, ChannelPruneConfig):
+    """Structured pruning: remove whole channels (following residual and batch-norm couplings) until the model has
+    `macs_reduction`× fewer MACs, in `rounds` rounds with `train` fine-tuning after each. The model really shrinks."""
+    type: Literal["prune_channels"]
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
+
+
 class ExportStage(_Stage, ExportConfig):
     """Export the current model: `onnx` (fp32, verified against PyTorch) or `compressed` (Deep Compression file:
     sparse relative indices + codebook indices, Huffman-coded; evaluated on the model loaded back from the file)."""
@@ -137,10 +166,19 @@ class ExportStage(_Stage, ExportConfig):
     format: Literal["onnx", "compressed"] = "onnx"
 
 
+class DataFreeStage(_Stage, DataFreeConfig):
+    """Distill the teacher into a fresh student without training images: a DAFL generator, DeepInversion (BN
+    teachers), a VAE fitted to `vae.few_data` real images, or Gaussian noise (the baseline). The validation split is
+    only evaluated; no training image reaches the student. Defaults: DAFL's MNIST budget (200 × 120 steps of 512)."""
+    type: Literal["datafree"]
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=200, batch_size=512, lr=2e-3))
+
+
 STAGE_TYPES: dict[str, type[_Stage]] = {
     "train": TrainStage, "distill": DistillStage, "prune": PruneStage,
     "finetune": FinetuneStage, "quantize": QuantizeStage, "ptq": PTQStage, "qat": QATStage,
-    "mixed": MixedStage, "share": ShareStage, "export": ExportStage,
+    "mixed": MixedStage, "share": ShareStage, "export": ExportStage, "datafree": DataFreeStage,
+    "prune_channels": PruneChannelsStage,
 }
 Stage = Annotated[Union[tuple(STAGE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
@@ -156,6 +194,7 @@ class Recipe(Config):
     seed: int = 0
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: TeacherSpec | None = None
+    teachers: list[NamedTeacherSpec] = Field(default_factory=list, description="further teachers, each named")
     student: ModelSpec | None = None
     stages: list[Stage] = Field(default_factory=list)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
@@ -165,21 +204,54 @@ class Recipe(Config):
         if self.version != RECIPE_VERSION:
             raise ValueError(f"version: this torchslim reads recipe version {RECIPE_VERSION}, not {self.version}")
         seen: set[str] = set()
-        have_model = self.teacher is not None
+        teacher_names = self.teacher_names()
+        for i, t in enumerate(self.teachers):
+            if teacher_names.count(t.name) > 1:
+                raise ValueError(f"teachers[{i}].name: two teachers are named '{t.name}'"
+                                 + (" (`teacher:` is named 'teacher')" if t.name == "teacher" else ""))
+        have_model = bool(teacher_names)
+        made_model = False
         for i, st in enumerate(self.stages):
             where = f"stages[{i}] ({st.type})"
             name = stage_name(st)
-            if name in seen or name == "teacher":
+            if name in seen or name in teacher_names or name == "teacher":
                 raise ValueError(f"{where}: two artifacts would be named '{name}'; give this stage a unique `name:`")
             seen.add(name)
-            if st.type in ("train", "distill") and self.student is None:
+            if st.type in ("train", "distill", "datafree") and self.student is None:
                 raise ValueError(f"{where}: needs a `student:` section (the model to {st.type})")
-            if st.type == "distill" and self.teacher is None:
+            if st.type == "distill" and not teacher_names:
                 raise ValueError(f"{where}: needs a `teacher:` section to distill from")
-            if st.type not in ("train", "distill") and not have_model:
+            if st.type == "datafree" and self.teacher is None:
+                raise ValueError(f"{where}: needs a `teacher:` section to distill from (data-free uses `teacher:`)")
+            if st.type == "distill":
+                self._check_distill(f"stages[{i}]", st, teacher_names, made_model)
+            made_model = True
+            if st.type not in ("train", "distill", "datafree") and not have_model:
                 raise ValueError(f"{where}: needs a model, but no teacher and no earlier train/distill stage made one")
             have_model = True
         return self
+
+    def teacher_names(self) -> list[str]:
+        """Every teacher's name: 'teacher' for `teacher:`, then the `teachers:` list."""
+        return (["teacher"] if self.teacher is not None else []) + [t.name for t in self.teachers]
+
+    @staticmethod
+    def _check_distill(where: str, st: DistillStage, teacher_names: list[str], made_model: bool) -> None:
+        for name in st.teachers or []:
+            if name not in teacher_names:
+                raise ValueError(f"{where}.teachers: unknown teacher '{name}'{did_you_mean(name, teacher_names)}; "
+                                 f"valid choices: {', '.join(teacher_names)}")
+        used = st.teachers or teacher_names
+        if st.teacher_weights is not None and len(st.teacher_weights) != len(used):
+            raise ValueError(f"{where}.teacher_weights: {len(st.teacher_weights)} weights for {len(used)} teachers "
+                             f"({', '.join(used)})")
+        for k, spec in enumerate(st.losses):
+            if spec.from_teacher is not None and spec.from_teacher not in used:
+                raise ValueError(f"{where}.losses[{k}].from_teacher: unknown teacher '{spec.from_teacher}'"
+                                 f"{did_you_mean(spec.from_teacher, used)}; this stage's teachers: {', '.join(used)}")
+        if st.init == "current" and not made_model:
+            raise ValueError(f"{where}.init: 'current' continues from the model of an earlier stage, but this is the "
+                             f"first stage; use init: fresh")
 
 
 def stage_name(stage: _Stage) -> str:
@@ -233,6 +305,7 @@ def _check_names_and_files(recipe: Recipe) -> None:
     checks = [("data.name", DATASETS, recipe.data.name)]
     checks += [(f"{role}.model", MODELS, spec.model) for role in ("teacher", "student")
                if (spec := getattr(recipe, role)) is not None]
+    checks += [(f"teachers[{i}].model", MODELS, t.model) for i, t in enumerate(recipe.teachers)]
     for where, registry, name in checks:
         if name not in registry:
             try:
@@ -241,6 +314,9 @@ def _check_names_and_files(recipe: Recipe) -> None:
                 raise TorchslimError(f"{where}: {e}") from None
     if recipe.teacher and recipe.teacher.checkpoint and not Path(recipe.teacher.checkpoint).is_file():
         raise TorchslimError(f"teacher.checkpoint: file not found: {recipe.teacher.checkpoint}")
+    for i, t in enumerate(recipe.teachers):
+        if t.checkpoint and not Path(t.checkpoint).is_file():
+            raise TorchslimError(f"teachers[{i}].checkpoint: file not found: {t.checkpoint}")
     if recipe.data.root and not Path(recipe.data.root).is_dir():
         raise TorchslimError(f"data.root: folder not found: {recipe.data.root}")
 
@@ -307,6 +383,9 @@ def _check_keys(raw: Any, model: type[BaseModel], where: str) -> None:
                         raise TorchslimError(f"stages[{i}].type: unknown stage type {kind!r}"
                                              f"{did_you_mean(str(kind), STAGE_TYPES)}; valid choices: {', '.join(STAGE_TYPES)}")
                     _check_keys(st, STAGE_TYPES[kind], f"stages[{i}]")
+        elif key == "teachers" and model is Recipe and isinstance(value, list):
+            for i, teacher in enumerate(value):
+                _check_keys(teacher, NamedTeacherSpec, f"teachers[{i}]")
         elif (sub := _model_class(annotation)) is not None:
             _check_keys(value, sub, loc)
 

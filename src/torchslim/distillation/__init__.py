@@ -1,6 +1,10 @@
-"""Knowledge distillation."""
-from torchslim.distillation.config import KDConfig
-from torchslim.distillation.kd import distill, teacher_logits
-from torchslim.distillation.losses import kd_loss
+"""Knowledge distillation: Hinton KD, feature and relation losses (registered in LOSSES), several teachers."""
+from torchslim.distillation.config import KDConfig, LossSpec
+from torchslim.distillation.kd import distill, teacher_agreement, teacher_logits
+from torchslim.distillation.losses import LOSSES, DistillLoss, LossInputs, kd_loss
+from torchslim.distillation.objective import DistillationModel, build_objective, combine_logits
+from torchslim.distillation.taps import FeatureTaps, make_adapter, match_spatial
 
-__all__ = ["KDConfig", "distill", "kd_loss", "teacher_logits"]
+__all__ = ["KDConfig", "LossSpec", "LOSSES", "DistillLoss", "LossInputs", "DistillationModel", "FeatureTaps",
+           "build_objective", "combine_logits", "distill", "kd_loss", "make_adapter", "match_spatial",
+           "teacher_agreement", "teacher_logits"]

@@ -3,7 +3,9 @@
 The markdown and HTML files show the same content: one table over all artifacts, notes on how each number was
 measured (including :func:`speed_notes`: every quantized artifact that is not faster than its fp32 source, and why
 it may not be), and a section per artifact with its stage-specific facts (``info``). The HTML file is self-contained
-(inline CSS, plots embedded as base64 PNG), so it can be mailed or archived as one file.
+(inline CSS, plots embedded as base64 PNG), so it can be mailed or archived as one file. A `prune` artifact with
+pruning-sensitivity curves (``info["sensitivity"]``) also gets its plot: embedded in the HTML, and written as
+``<artifact>-sensitivity.png`` beside ``report.md``, which links it.
 
 Example:
     >>> paths = write_report(report, "runs/lenet")       # doctest: +SKIP
@@ -17,12 +19,13 @@ import html
 import io
 import json
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from torchslim.io import atomic_write_json, atomic_write_text
+from torchslim.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 _DASH = "—"
 _MARKERS = {"pytorch": "o", "onnxruntime": "s"}
@@ -39,8 +42,15 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     report = _jsonable(report)  # numpy scalars or tuples in `info` would otherwise break or change on reload
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     atomic_write_json(paths["json"], report)
+    figures: dict[str, bytes] = {}  # rendered once, written beside report.md and embedded in report.html
+    for r in report["artifacts"]:  # report.md links these; report.html embeds the same pictures
+        if _curves(r) is not None:
+            atomic_write_bytes(out / _sensitivity_png(r), _sensitivity_plot(r))
+        if _term_history(r):
+            figures[_terms_png(r)] = _terms_plot(r)
+            atomic_write_bytes(out / _terms_png(r), figures[_terms_png(r)])
     atomic_write_text(paths["md"], render_markdown(report))
-    atomic_write_text(paths["html"], render_html(report))
+    atomic_write_text(paths["html"], render_html(report, figures))
     return paths
 
 
@@ -132,6 +142,8 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
         ),
         ("compression vs teacher", lambda r: _fmt_ratio(_compression(r))),
     ]
+    if any(_agreement(r) is not None for r in records):  # only runs with a distill stage get the column
+        columns.append(("teacher agreement %", lambda r: _DASH if _agreement(r) is None else f"{100 * _agreement(r):.2f}"))
     return [h for h, _ in columns], [[f(r) for _, f in columns] for r in records]
 
 
@@ -316,6 +328,12 @@ def _sections(report: dict) -> list[tuple[str, list[_Block]]]:
             if isinstance(agree, (int, float)):
                 items.append(("top-1 agreement", f"{100 * agree:.2f} %" if agree <= 1 else str(agree)))
         sparsity = info.pop("sparsity", None)
+        sensitivity = info.pop("sensitivity") if _curves(r) is not None else None
+        agreement = info.pop("teacher_agreement", None)
+        if isinstance(agreement, dict) and agreement:
+            each = ", ".join(f"{k} {100 * v:.2f} %" for k, v in agreement.items() if k != "combined")
+            items.append(("teacher–student top-1 agreement (test set)",
+                          f"{100 * agreement.get('combined', float('nan')):.2f} %" + (f" (each: {each})" if each else "")))
         for key, value in info.items():
             text = json.dumps(value, default=str) if not isinstance(value, str) else value
             items.append((str(key), text if len(text) <= 300 else text[:297] + "..."))
@@ -325,8 +343,128 @@ def _sections(report: dict) -> list[tuple[str, list[_Block]]]:
             blocks.append(("table", ["layer", "sparsity %"], rows))
         elif sparsity is not None:
             blocks[0][1].append(("sparsity", str(sparsity)))
+        if sensitivity is not None:
+            blocks += _sensitivity_blocks(r, sensitivity)
+        if _term_history(r):
+            blocks += _terms_blocks(r)
         sections.append((str(r["name"]), blocks))
     return sections
+
+
+# Pruning sensitivity (`prune` with scope: sensitivity): info["sensitivity"] = {"curves": {layer: [[s, acc], ...]},
+# "dense_accuracy", "sparsities" (chosen per layer), ...}. A plot block is ("plot", alt text, PNG file name, record).
+
+
+def _curves(record: dict) -> dict | None:
+    sens = (record.get("info") or {}).get("sensitivity")
+    return sens["curves"] if isinstance(sens, dict) and isinstance(sens.get("curves"), dict) else None
+
+
+def _sensitivity_png(record: dict) -> str:
+    """The PNG's file name beside the report: the artifact name made safe for a path and a markdown link."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(record["name"])).strip("-.") + "-sensitivity.png"
+
+
+def _sensitivity_plot(record: dict) -> bytes:
+    from torchslim.prune.sensitivity import render_sensitivity_curves
+
+    sens = record["info"]["sensitivity"]
+    return render_sensitivity_curves(sens["curves"], dense_accuracy=sens.get("dense_accuracy"),
+                                     chosen=sens.get("sparsities"),
+                                     title=f"{record['name']}: pruning sensitivity, one layer at a time")
+
+
+def _sensitivity_blocks(record: dict, sens: dict) -> list[_Block]:
+    curves, chosen, sizes = sens["curves"], sens.get("sparsities") or {}, sens.get("params") or {}
+    levels = sorted({float(p[0]) for points in curves.values() for p in points})
+    dense = sens.get("dense_accuracy")
+    summary = (f"each layer pruned alone ({sens.get('criterion', 'magnitude')}) on {sens.get('samples', '?')} "
+               f"validation rows; dense accuracy {100 * dense:.2f} %" if isinstance(dense, (int, float)) else
+               "each layer pruned alone")
+    if isinstance(sens.get("tolerance_points"), (int, float)) and isinstance(sens.get("target"), (int, float)):
+        summary += (f"; shared tolerance {sens['tolerance_points']:.2f} points gives the chosen sparsities, "
+                    f"{100 * sens['target']:.1f} % of the weights overall")
+    rows = []
+    for layer, points in curves.items():
+        acc = {float(p[0]): float(p[1]) for p in points}
+        rows.append([str(layer), _fmt_count(sizes.get(layer))]
+                    + [f"{100 * acc[s]:.2f}" if s in acc else _DASH for s in levels]
+                    + [f"{100 * float(chosen[layer]):.2f}" if layer in chosen else _DASH])
+    headers = ["layer", "weights"] + [f"acc % @{100 * s:g}%" for s in levels] + ["chosen sparsity %"]
+    return [("items", [("sensitivity", summary)]), ("table", headers, rows),
+            ("plot", f"pruning sensitivity of {record['name']}", _sensitivity_png(record), record)]
+
+
+# Distillation: info["history"][i]["terms"] = {term: per-epoch mean of the weighted term} (a distill stage with
+# `losses`), info["teacher_agreement"] = {"combined": fraction, <teacher>: fraction, ...}. A figure block is
+# ("figure", alt text, PNG file name, a function returning the PNG bytes).
+
+
+def _agreement(record: dict) -> float | None:
+    agreement = (record.get("info") or {}).get("teacher_agreement")
+    value = agreement.get("combined") if isinstance(agreement, dict) else None
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def _term_history(record: dict) -> list[dict]:
+    """[{"epoch": e, "terms": {...}}, ...] of a record whose history has per-term means, else []."""
+    history = (record.get("info") or {}).get("history")
+    if not isinstance(history, list):
+        return []
+    return [h for h in history if isinstance(h, dict) and isinstance(h.get("terms"), dict) and h["terms"]]
+
+
+def _terms_png(record: dict) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(record["name"])).strip("-.") + "-loss-terms.png"
+
+
+def _terms_blocks(record: dict) -> list[_Block]:
+    history = _term_history(record)
+    names = list(dict.fromkeys(k for h in history for k in h["terms"]))
+    first, last = history[0], history[-1]
+
+    def cell(h: dict, k: str) -> str:
+        v = h["terms"].get(k)
+        return _DASH if not isinstance(v, (int, float)) else f"{v:.4g}"
+
+    rows = [[k, cell(first, k), cell(last, k)] for k in names]
+    rows.append(["total", f"{first.get('loss', float('nan')):.4g}", f"{last.get('loss', float('nan')):.4g}"])
+    headers = ["loss term (weighted)", f"epoch {first.get('epoch', 1)}", f"epoch {last.get('epoch', len(history))}"]
+    return [("table", headers, rows),
+            ("figure", f"loss terms of {record['name']} per epoch", _terms_png(record), lambda: _terms_plot(record))]
+
+
+def _terms_plot(record: dict) -> bytes:
+    """Per-epoch mean of each weighted loss term (log y when all are positive: terms differ by decades)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    history = _term_history(record)
+    names = list(dict.fromkeys(k for h in history for k in h["terms"]))
+    fig = Figure(figsize=(6, 4.2), dpi=100)  # fixed margins: a constrained layout doubles the time with a log axis
+    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
+    ax = fig.subplots()
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    values = []
+    for k in names:
+        ys = [h["terms"].get(k) for h in history]
+        ax.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, markersize=3, label=k)
+        values += [y for y in ys if isinstance(y, (int, float))]
+    totals = [h.get("loss") for h in history]
+    if len(names) > 1 and all(isinstance(t, (int, float)) for t in totals):
+        ax.plot(epochs, totals, color="black", linestyle="--", linewidth=1, label="total")
+        values += totals
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("per-epoch mean of the weighted term")
+    ax.set_title(f"{record['name']}: distillation loss terms")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -360,7 +498,11 @@ def render_markdown(report: dict) -> str:
         lines += ["", f"### {title}", ""]
         for block in blocks:
             if block[0] == "items":
-                lines += [f"- {k}: {_md_cell(v)}" for k, v in block[1]]
+                lines += ([""] if lines[-1] else []) + [f"- {k}: {_md_cell(v)}" for k, v in block[1]]
+            elif block[0] == "plot":
+                lines += ["", f"![{block[1]}]({block[2]})"]
+            elif block[0] == "figure":
+                lines += ["", f"![{block[1]}]({block[2]})"]
             else:
                 lines += [""] + _md_table(block[1], block[2], right_from=1)
     return "\n".join(lines) + "\n"
@@ -393,8 +535,9 @@ def _html_table(headers: list[str], rows: list[list[str]], right_from: int = 0) 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def render_html(report: dict) -> str:
+def render_html(report: dict, figures: dict[str, bytes] | None = None) -> str:
     """The report as one self-contained HTML page: table, two plots (base64 PNG), notes, artifact sections.
+    `figures` ({PNG file name: bytes}) are per-artifact pictures already rendered; any missing are rendered here.
 
     Example:
         >>> Path("report.html").write_text(render_html(report))   # doctest: +SKIP
@@ -420,6 +563,12 @@ def render_html(report: dict) -> str:
         for block in blocks:
             if block[0] == "items":
                 parts.append("<ul>" + "".join(f"<li>{esc(k)}: <code>{esc(v)}</code></li>" for k, v in block[1]) + "</ul>")
+            elif block[0] == "plot":
+                png = base64.b64encode(_sensitivity_plot(block[3])).decode("ascii")
+                parts.append(f'<div class="plots"><img alt="{esc(block[1])}" src="data:image/png;base64,{png}"></div>')
+            elif block[0] == "figure":
+                png = base64.b64encode((figures or {}).get(block[2]) or block[3]()).decode("ascii")
+                parts.append(f'<div class="plots"><img alt="{esc(block[1])}" src="data:image/png;base64,{png}"></div>')
             else:
                 parts.append(_html_table(block[1], block[2], right_from=1))
     parts.append("</body></html>")

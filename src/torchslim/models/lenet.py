@@ -60,25 +60,40 @@ class LeNet5(nn.Sequential):
 
 
 class LeNet5Classic(nn.Sequential):
-    """LeCun's LeNet-5 with ReLUs and max-pooling (DAFL): conv c1 → pool → conv c2 → pool → conv c3 → fc f → fc."""
+    """LeCun's LeNet-5 with ReLUs and max-pooling (DAFL): conv c1 → pool → conv c2 → pool → conv c3 → fc f → fc.
+
+    With ``batchnorm=True`` a BatchNorm layer follows each conv and fc1 (bn1..bn4, before the ReLU): a teacher whose
+    running statistics DeepInversion can invert. Without it the module names are unchanged.
+    """
 
     def __init__(
         self, num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 32, 32),
         channels: tuple[int, int, int] = (6, 16, 120), hidden: int = 84, name: str = "lenet5-classic",
+        batchnorm: bool = False,
     ) -> None:
         c1, c2, c3 = channels
         h, w = _check_fits(name, input_shape, [(5, 1), (2, 2), (5, 1), (2, 2), (5, 1)])
+        if not isinstance(batchnorm, bool):
+            raise TorchslimError(f"{name} batchnorm must be true or false, got {batchnorm!r}")
+
+        def bn(i: int, features: int, kind: type[nn.Module]) -> dict[str, nn.Module]:
+            return {f"bn{i}": kind(features)} if batchnorm else {}
+
         super().__init__(OrderedDict(
             conv1=nn.Conv2d(input_shape[0], c1, 5),
+            **bn(1, c1, nn.BatchNorm2d),
             relu1=nn.ReLU(),
             pool1=nn.MaxPool2d(2),
             conv2=nn.Conv2d(c1, c2, 5),
+            **bn(2, c2, nn.BatchNorm2d),
             relu2=nn.ReLU(),
             pool2=nn.MaxPool2d(2),
             conv3=nn.Conv2d(c2, c3, 5),
+            **bn(3, c3, nn.BatchNorm2d),
             relu3=nn.ReLU(),
             flatten=nn.Flatten(),
             fc1=nn.Linear(c3 * h * w, hidden),
+            **bn(4, hidden, nn.BatchNorm1d),
             relu4=nn.ReLU(),
             fc2=nn.Linear(hidden, num_classes),
         ))
@@ -91,9 +106,11 @@ def lenet5(*, num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 28,
 
 
 @MODELS.register("lenet5-classic")
-def lenet5_classic(*, num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 32, 32)) -> LeNet5Classic:
-    """Classic LeNet-5 (6-16-120-84, 62K parameters, 32×32 input), DAFL's MNIST teacher."""
-    return LeNet5Classic(num_classes, input_shape)
+def lenet5_classic(
+    *, num_classes: int = 10, input_shape: tuple[int, int, int] = (1, 32, 32), batchnorm: bool = False
+) -> LeNet5Classic:
+    """Classic LeNet-5 (6-16-120-84, 62K parameters, 32×32 input), DAFL's MNIST teacher; `batchnorm` adds BN layers."""
+    return LeNet5Classic(num_classes, input_shape, batchnorm=batchnorm)
 
 
 @MODELS.register("lenet5-half")

@@ -28,3 +28,6 @@ class TrainConfig(Config):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     jitter: int = Field(0, ge=0, le=8, description="random shift of each input by up to this many pixels")
     keep: Literal["best", "last"] = Field("best", description="weights kept at the end: best validation epoch or last")
+    bn_l1: float = Field(0.0, ge=0, le=1, description="λ·Σ|γ| over BatchNorm weights, added to the loss (network "
+                                                       "slimming, Liu et al. 2017): drives unneeded channels' scales "
+                                                       "to zero before bn_scale channel pruning")

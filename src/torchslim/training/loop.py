@@ -25,9 +25,10 @@ from torchslim.io import atomic_path
 from torchslim.training import dist
 from torchslim.training.config import TrainConfig
 
-# loss_fn(model, x, y, *extra) -> (loss, logits). `extra` are further tensors of the training set row-aligned with
-# x (e.g. cached teacher logits), so a distillation loss needs no side channel to find its targets.
-LossFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+# loss_fn(model, x, y, *extra) -> (loss, logits) or (loss, logits, terms). `extra` are further tensors of the
+# training set row-aligned with x (e.g. cached teacher logits), so a distillation loss needs no side channel to find
+# its targets. `terms` ({name: scalar}) are the parts of the loss worth a curve; their per-epoch mean is recorded.
+LossFn = Callable[..., tuple]
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
@@ -38,9 +39,21 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
     return loss_fn
 
 
+def bn_scale_l1(model: nn.Module) -> torch.Tensor:
+    """Σ|γ| over the scales of every BatchNorm layer of `model` (0 when it has none).
+
+    Example:
+        >>> bn_scale_l1(nn.BatchNorm1d(3))
+        tensor(3., grad_fn=<AddBackward0>)
+    """
+    scales = [m.weight.abs().sum() for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    return sum(scales, torch.zeros(()))
+
+
 @dataclass
 class FitResult:
-    history: list[dict] = field(default_factory=list)  # one dict per epoch: loss, train_acc, val_acc, seconds
+    history: list[dict] = field(default_factory=list)  # one dict per epoch: loss, train_acc, val_acc, seconds, terms
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
 
@@ -133,6 +146,7 @@ def fit(
     stage: str = "train",
     log: Callable[[str], None] = print,
     progress: bool | None = None,
+    keep_from_epoch: int = 1,
 ) -> FitResult:
     """Train `model` in place on `train_set` (tensors: x, y, *extra) and return the per-epoch history.
 
@@ -141,7 +155,8 @@ def fit(
     the full training state (model, optimizer, schedule, RNG states, `extra_state` such as pruning masks, epoch) is
     written there atomically after every epoch, and a run that finds the file continues after its last epoch.
     Under torchrun the model is wrapped in DDP and each global batch is split across ranks. A progress bar is
-    shown while an epoch runs when `progress` is True, or by default when stderr is a terminal.
+    shown while an epoch runs when `progress` is True, or by default when stderr is a terminal. Epochs before
+    `keep_from_epoch` are never the best (a gradual pruning stage: they end less sparse than asked).
 
     Example:
         >>> fit(model, data.train, data.val, TrainConfig(epochs=3), stage="teacher")   # doctest: +SKIP
@@ -168,13 +183,16 @@ def fit(
         model.train()
         t0 = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
+        term_sums: dict[str, float] = {}
         bar = _progress(progress if dist.is_main() else False, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
         for step, (idx, share) in enumerate(bar(batch_indices(n, cfg.batch_size, gen, dist.rank(), dist.world())),
                                             start=1):
             x, y, *extra = (t[idx] for t in tensors)
             if cfg.jitter:
                 x = random_shift(x, cfg.jitter, gen)
-            loss, logits = loss_fn(net, x, y, *extra)
+            loss, logits, *terms = loss_fn(net, x, y, *extra)
+            if cfg.bn_l1:  # network slimming: the penalty's subgradient λ·sign(γ) pulls every BN scale toward 0
+                loss = loss + cfg.bn_l1 * bn_scale_l1(model)
             if not torch.isfinite(loss):
                 raise TorchslimError(
                     f"stage '{stage}': loss became {loss.item()} at epoch {epoch}, batch {step}; "
@@ -191,16 +209,22 @@ def fit(
             total_loss += loss.item() * len(y)
             correct += (logits.argmax(1) == y).sum().item()
             seen += len(y)
+            for name, value in (terms[0] if terms else {}).items():
+                term_sums[name] = term_sums.get(name, 0.0) + float(value) * len(y)
 
-        total_loss, correct, seen = dist.all_sum(total_loss, correct, seen)
+        total_loss, correct, seen, *term_totals = dist.all_sum(total_loss, correct, seen, *term_sums.values())
         val_acc = accuracy_of(model, val_set)  # every rank holds the same weights, so the same value
         record = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen,
                   "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        if term_sums:
+            record["terms"] = {name: total / seen for name, total in zip(term_sums, term_totals)}
         result.history.append(record)
         val_txt = f"  val {100 * val_acc:6.2f}%" if val_acc is not None else ""
-        log(f"[{stage}] epoch {epoch:>3}/{cfg.epochs}  loss {record['loss']:.4f}  "
+        terms_txt = "".join(f"  {k} {v:.4f}" for k, v in record.get("terms", {}).items())
+        log(f"[{stage}] epoch {epoch:>3}/{cfg.epochs}  loss {record['loss']:.4f}{terms_txt}  "
             f"train {100 * record['train_accuracy']:6.2f}%{val_txt}  ({record['seconds']:.1f}s)")
-        if val_acc is not None and (result.best_val_accuracy is None or val_acc > result.best_val_accuracy):
+        if val_acc is not None and epoch >= keep_from_epoch and (result.best_val_accuracy is None
+                                                                 or val_acc > result.best_val_accuracy):
             result.best_val_accuracy, result.best_epoch = val_acc, epoch
             if cfg.keep == "best":
                 best_state = copy.deepcopy(model.state_dict())
