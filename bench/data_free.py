@@ -14,7 +14,7 @@ Rows, all with the same student (lenet5-half) and all measured on the 10,000 MNI
         generator step, the extra 3 on batches from a replay buffer of the last 16,384 generated samples (DAFL: 1
         step, no buffer), with a cosine-decayed student learning rate (DAFL: constant)
   (v)   DeepInversion, no data, from a BatchNorm variant of the teacher (lenet5-classic batchnorm=true), because the
-        plain LeNet-5 has no BN statistics to invert
+        plain LeNet-5 has no BN statistics to invert: 7,680 images × 200 Adam steps, then KD at T=20
   (vi)  few-data VAE: an MLP VAE fitted to 200 real training images, its samples labelled by the teacher
 The teachers are trained once on the real data and cached in bench/out/data-free/. The data-free rows keep the
 weights of their best validation epoch (5,000 held-out training images, evaluation only; DAFL's code picked the best
@@ -57,7 +57,12 @@ def main() -> int:
     p.add_argument("--student-lr", type=float, default=2e-3)
     p.add_argument("--entropy-weight", type=float, default=5.0)
     p.add_argument("--feature-layer", default="flatten", help="DAFL's LeNet-5 features: the 120 conv outputs")
-    p.add_argument("--di-images", type=int, default=2560)
+    p.add_argument("--temperature", type=float, default=1.0, help="KD temperature of the noise and DAFL rows (DAFL: 1)")
+    p.add_argument("--di-temperature", type=float, default=20.0,
+                   help="KD temperature on the DeepInversion set, whose samples the teacher labels with ~99.5%% "
+                        "confidence: at T=1 they carry almost no dark knowledge")
+    p.add_argument("--vae-temperature", type=float, default=1.0)
+    p.add_argument("--di-images", type=int, default=7680)
     p.add_argument("--di-batch", type=int, default=256)
     p.add_argument("--di-iterations", type=int, default=200)
     p.add_argument("--di-lr", type=float, default=0.1)
@@ -148,7 +153,7 @@ def main() -> int:
                          entropy_weight=args.entropy_weight, feature_layer=args.feature_layer or None,
                          student_steps=args.student_steps, replay_size=args.replay_size)
     if "noise" in rows:
-        data_free("noise", DataFreeConfig(method="noise", iterations=args.dafl_iterations),
+        data_free("noise", DataFreeConfig(method="noise", iterations=args.dafl_iterations, temperature=args.temperature),
                   TrainConfig(epochs=args.noise_epochs, batch_size=args.dafl_batch, lr=args.student_lr), t_model)
     if "dafl" in rows:
         timing = time_dafl_iteration(t_model, gen_cfg, args, shape)
@@ -157,7 +162,8 @@ def main() -> int:
             f"{timing['seconds_per_iteration']:.3f} s → {steps} iterations ≈ "
             f"{steps * timing['seconds_per_iteration'] / 60:.1f} min; the paper's 24,000 × 512 at width 128 ≈ "
             f"{timing['paper_budget_hours']:.1f} h")
-        data_free("dafl", DataFreeConfig(method="dafl", iterations=args.dafl_iterations, dafl=gen_cfg),
+        data_free("dafl", DataFreeConfig(method="dafl", iterations=args.dafl_iterations, dafl=gen_cfg,
+                                         temperature=args.temperature),
                   TrainConfig(epochs=args.dafl_epochs, batch_size=args.dafl_batch, lr=args.student_lr,
                               schedule=args.student_schedule), t_model, timing=timing)
     transfer_train = TrainConfig(epochs=args.transfer_epochs, batch_size=args.dafl_batch, lr=args.student_lr)
@@ -168,11 +174,13 @@ def main() -> int:
         di = DeepInversionConfig(transfer_size=args.di_images, batch_size=args.di_batch, iterations=args.di_iterations,
                                  lr=args.di_lr, bn_weight=args.di_bn_weight, tv_weight=args.di_tv_weight)
         data_free("deepinversion", DataFreeConfig(method="deepinversion", iterations=args.dafl_iterations,
-                                                  deepinversion=di), transfer_train, bn_model)
+                                                  deepinversion=di, temperature=args.di_temperature),
+                  transfer_train, bn_model)
     if "vae" in rows:
         idx = few_data_indices(len(data.train), args.few_data, args.seed)
         vae = FewDataVAEConfig(few_data=args.few_data, transfer_size=args.vae_images)
-        data_free("vae", DataFreeConfig(method="vae", iterations=args.dafl_iterations, vae=vae), transfer_train,
+        data_free("vae", DataFreeConfig(method="vae", iterations=args.dafl_iterations, vae=vae,
+                                        temperature=args.vae_temperature), transfer_train,
                   t_model, few=data.train.tensors[0][idx], few_data_indices=idx.tolist())
 
     write(results, args, time.perf_counter() - t_all, torch)
@@ -218,10 +226,11 @@ def write(results: dict, args, seconds: float, torch) -> None:
     (results_dir / f"data-free{args.tag}.json").write_text(json.dumps(out, indent=1) + "\n")
 
     names = {"teacher": "teacher lenet5-classic, real data", "real": "(i) student on real labels",
-             "kd": "(ii) KD on real images (T=1)", "noise": "(iii) KD on Gaussian noise, no data",
-             "dafl": "(iv) DAFL, no data", "teacher_bn": "teacher lenet5-classic + BN (for DeepInversion)",
-             "deepinversion": "(v) DeepInversion, no data (BN teacher)",
-             "vae": f"(vi) VAE on {args.few_data} real images"}
+             "kd": "(ii) KD on real images (T=1)", "noise": f"(iii) KD on Gaussian noise, no data (T={args.temperature:g})",
+             "dafl": f"(iv) DAFL, no data (T={args.temperature:g})",
+             "teacher_bn": "teacher lenet5-classic + BN (for DeepInversion)",
+             "deepinversion": f"(v) DeepInversion, no data, BN teacher ({args.di_images} images, T={args.di_temperature:g})",
+             "vae": f"(vi) VAE on {args.few_data} real images ({args.vae_images} samples, T={args.vae_temperature:g})"}
     md = [f"# Data-free distillation, MNIST, LeNet-5 → LeNet-5-half: `{out['command']}`", "",
           f"{out['seconds']} s on {out['machine']['processor'] or out['machine']['platform']} "
           f"({out['machine']['cpu_count']} cores), {out['threads']} thread, torch {torch.__version__}, seed {args.seed}; "

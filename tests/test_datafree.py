@@ -162,6 +162,17 @@ def test_dafl_extra_student_steps_come_from_the_replay_buffer(bn_teacher):
         DAFLConfig(student_steps=2)
 
 
+def test_lenet5_classic_batchnorm_variant_is_a_deepinversion_teacher():
+    bn = create_model("lenet5-classic", input_shape=(1, 32, 32), batchnorm=True)
+    assert [n for n, _ in bn.named_children()] == ["conv1", "bn1", "relu1", "pool1", "conv2", "bn2", "relu2", "pool2",
+                                                   "conv3", "bn3", "relu3", "flatten", "fc1", "bn4", "relu4", "fc2"]
+    # 61,706 plain parameters + a weight and a bias per BN channel: 2·(6 + 16 + 120 + 84) = 452.
+    assert sum(p.numel() for p in bn.parameters()) == 61_706 + 452
+    check_teacher("deepinversion", bn, "lenet5-classic")
+    plain = create_model("lenet5-classic", input_shape=(1, 32, 32))
+    assert "bn1" not in dict(plain.named_children()) and sum(p.numel() for p in plain.parameters()) == 61_706
+
+
 def test_methods_reject_what_they_cannot_use(digits):
     mlp = create_model("mlp", input_shape=SHAPE, widths=[8])
     with pytest.raises(TorchslimError, match=r"method 'deepinversion' inverts BatchNorm statistics, but teacher "
