@@ -57,6 +57,8 @@ def main() -> int:
     p.add_argument("--student-lr", type=float, default=2e-3)
     p.add_argument("--entropy-weight", type=float, default=5.0)
     p.add_argument("--feature-layer", default="flatten", help="DAFL's LeNet-5 features: the 120 conv outputs")
+    p.add_argument("--adversarial-weight", type=float, default=0.0, help="DFAD's term in the generator loss (DAFL: 0)")
+    p.add_argument("--student-shift", type=int, default=0, help="random shifts of the student's inputs (DAFL: 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="KD temperature of the noise and DAFL rows (DAFL: 1)")
     p.add_argument("--di-temperature", type=float, default=20.0,
                    help="KD temperature on the DeepInversion set, whose samples the teacher labels with ~99.5%% "
@@ -151,7 +153,8 @@ def main() -> int:
 
     gen_cfg = DAFLConfig(generator_width=args.generator_width, generator_lr=args.generator_lr,
                          entropy_weight=args.entropy_weight, feature_layer=args.feature_layer or None,
-                         student_steps=args.student_steps, replay_size=args.replay_size)
+                         student_steps=args.student_steps, replay_size=args.replay_size,
+                         adversarial_weight=args.adversarial_weight, student_shift=args.student_shift)
     if "noise" in rows:
         data_free("noise", DataFreeConfig(method="noise", iterations=args.dafl_iterations, temperature=args.temperature),
                   TrainConfig(epochs=args.noise_epochs, batch_size=args.dafl_batch, lr=args.student_lr), t_model)

@@ -14,7 +14,8 @@ from torchslim.cli import main
 from torchslim.data import load_dataset
 from torchslim.distillation.datafree import (BNStatistics, DAFLConfig, DataFreeConfig, DeepInversionConfig,
                                              FewDataVAEConfig, check_teacher, dafl_losses, distill_data_free,
-                                             few_data_indices, total_variation, vae_losses)
+                                             few_data_indices, random_shift, total_variation,
+                                             vae_losses)
 from torchslim.errors import TorchslimError
 from torchslim.models import MLP, create_model
 from torchslim.training import TrainConfig, fit
@@ -160,6 +161,82 @@ def test_dafl_extra_student_steps_come_from_the_replay_buffer(bn_teacher):
     assert all(_rows(x) <= kept for x in calls[-2:])
     with pytest.raises(ValueError, match="student_steps > 1 draws the extra batches from a replay buffer"):
         DAFLConfig(student_steps=2)
+
+
+def test_random_shift_translates_each_image_and_repeats_the_edges():
+    x = torch.arange(2 * 2 * 5 * 6, dtype=torch.float32).view(2, 2, 5, 6)
+    out = random_shift(x, 2, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # the same draws: all dy first, then all dx
+    dy, dx = torch.randint(0, 5, (2,), generator=g).tolist(), torch.randint(0, 5, (2,), generator=g).tolist()
+    for i in range(2):
+        for c in range(2):
+            for r in range(5):
+                for col in range(6):
+                    src_r, src_c = min(max(r + dy[i] - 2, 0), 4), min(max(col + dx[i] - 2, 0), 5)
+                    assert out[i, c, r, col] == x[i, c, src_r, src_c]
+    offsets = set()
+    g = torch.Generator().manual_seed(0)
+    one = torch.zeros(400, 1, 7, 7)
+    one[:, 0, 3, 3] = 1
+    for row in random_shift(one, 1, g):
+        (r, c), = row[0].nonzero().tolist()
+        offsets.add((r - 3, c - 3))
+    assert offsets == {(a, b) for a in (-1, 0, 1) for b in (-1, 0, 1)}
+
+
+def test_dafl_adversarial_term_enters_the_generator_loss(bn_teacher):
+    cfg = TINY.model_copy(update={"method": "dafl", "dafl": TINY.dafl.model_copy(update={"adversarial_weight": 0.5})})
+    info = distill_data_free(_student(), bn_teacher, cfg, TrainConfig(epochs=1, batch_size=8), input_shape=SHAPE,
+                             num_classes=10, **QUIET)
+    h = info["history"][0]
+    assert h["loss_adversarial"] < 0  # −mean |student − teacher logits|
+    expected = h["loss_onehot"] + 5 * h["loss_entropy"] + 0.1 * h["loss_activation"] + 0.5 * h["loss_adversarial"]
+    assert h["loss_generator"] == pytest.approx(expected, rel=1e-5)
+    plain = distill_data_free(_student(), bn_teacher, TINY.model_copy(update={"method": "dafl"}),
+                              TrainConfig(epochs=1, batch_size=8), input_shape=SHAPE, num_classes=10, **QUIET)
+    assert "loss_adversarial" not in plain["history"][0]
+
+
+def test_dafl_student_shift_has_the_teacher_label_the_shifted_images(bn_teacher):
+    """The student must be fitted to the teacher's logits of the very image it sees, not of the unshifted one."""
+    seen_by_student, seen_by_teacher = [], []
+    student = _student()
+    student.register_forward_pre_hook(lambda m, i: seen_by_student.append(i[0].detach().clone()) if m.training else None)
+    hook = bn_teacher.register_forward_pre_hook(lambda m, i: seen_by_teacher.append(i[0].detach().clone()))
+    cfg = TINY.model_copy(update={"method": "dafl", "dafl": TINY.dafl.model_copy(update={"student_shift": 1})})
+    try:
+        distill_data_free(student, bn_teacher, cfg, TrainConfig(epochs=1, batch_size=8), input_shape=SHAPE,
+                          num_classes=10, **QUIET)
+    finally:
+        hook.remove()
+    assert len(seen_by_student) == 4 * 2 and len(seen_by_teacher) == 4 * 3
+    generated = seen_by_teacher[::3]  # per iteration: the generator's batch, then one relabelling per student step
+    assert not any(torch.equal(s, g) for s in seen_by_student for g in generated)
+    assert all(any(torch.equal(s, t) for t in seen_by_teacher) for s in seen_by_student)
+
+
+def test_dafl_stops_when_the_generator_collapses(bn_teacher, monkeypatch, digits):
+    """A generator whose tanh saturates everywhere emits all-zero batches (after its final BN) and never recovers:
+    the run must stop, say so, and keep the student it had, not distill on zeros for the remaining epochs."""
+    from torchslim.distillation import datafree
+
+    class Saturating(datafree.DAFLGenerator):
+        def forward(self, z):
+            x = super().forward(z)
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls <= 6:  # the four iterations of epoch 1 and two of epoch 2
+                return x
+            # Saturated: every tanh output is 1, which the final BN maps to 0 (`x * 0` keeps a graph to backpropagate).
+            return x * 0 + self.bn3(torch.ones_like(x))
+
+    monkeypatch.setattr(datafree, "DAFLGenerator", Saturating)
+    logs, student = [], _student()
+    cfg = TINY.model_copy(update={"method": "dafl"})
+    info = distill_data_free(student, bn_teacher, cfg, TrainConfig(epochs=5, batch_size=8), input_shape=SHAPE,
+                             num_classes=10, val=digits.val, log=logs.append)
+    assert info["generator_collapsed"] == {"epoch": 2, "step": 3}
+    assert [h["epoch"] for h in info["history"]] == [1] and info["best_epoch"] == 1
+    assert any("the generator collapsed at epoch 2, step 3" in m for m in logs)
 
 
 def test_lenet5_classic_batchnorm_variant_is_a_deepinversion_teacher():

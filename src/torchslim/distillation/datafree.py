@@ -67,6 +67,10 @@ class DAFLConfig(Config):
                                                            "ones draw batches from the replay buffer")
     replay_size: int = Field(0, ge=0, le=1_000_000, description="recent generated samples kept, with the teacher's logits, for "
                                                   "the extra student steps (0: none, DAFL's way)")
+    adversarial_weight: float = Field(0.0, ge=0, description="generator term −w·mean|student − teacher logits| (DFAD, "
+                                      "Fang et al. 2019): also seek samples the student still gets wrong (DAFL: 0)")
+    student_shift: int = Field(0, ge=0, le=8, description="shift each student input by up to this many pixels (the "
+                               "teacher labels the shifted image): cheap extra variety (DAFL: 0)")
 
     @model_validator(mode="after")
     def _replay_for_extra_steps(self) -> DAFLConfig:
@@ -172,6 +176,24 @@ class DAFLGenerator(nn.Module):
         x = self.act1(self.bn1(self.conv1(self.up1(x))))
         x = self.act2(self.bn2(self.conv2(self.up2(x))))
         return self.bn3(self.tanh(self.conv3(x)))
+
+
+def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Each image translated by its own (dy, dx) in [−max_shift, max_shift], the edge pixels repeated into the rows and columns it uncovers.
+
+    Example:
+        >>> random_shift(torch.ones(2, 1, 4, 4), 1, torch.Generator().manual_seed(0)).shape
+        torch.Size([2, 1, 4, 4])
+    """
+    n, _, h, w = x.shape
+    k = max_shift
+    padded = F.pad(x, (k, k, k, k), mode="replicate")  # generated backgrounds are not 0 after normalisation
+    dy = torch.randint(0, 2 * k + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * k + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * k)
+    out = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
+    return out.gather(3, cols)
 
 
 def dafl_losses(teacher_logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -547,6 +569,7 @@ def distill_data_free(
 
     # 2. The student: `iterations` steps per epoch. For dafl one iteration is a generator step, then a student step
     #    on the very same (detached) samples, as in DAFL's code.
+    collapsed = None
     try:
         for epoch in range(start, train.epochs + 1):
             t0 = time.perf_counter()
@@ -561,10 +584,19 @@ def distill_data_free(
                     terms = dafl_losses(t_logits, box["f"])
                     g_loss = (cfg.dafl.onehot_weight * terms["onehot"] + cfg.dafl.entropy_weight * terms["entropy"]
                               + cfg.dafl.activation_weight * terms["activation"])
+                    if cfg.dafl.adversarial_weight:
+                        # The student's parameters get gradients here too; its optimizer zeroes them before its step.
+                        terms["adversarial"] = -(student(x) - t_logits).abs().mean()
+                        g_loss = g_loss + cfg.dafl.adversarial_weight * terms["adversarial"]
                     g_opt.zero_grad(set_to_none=True)
                     g_loss.backward()
                     g_opt.step()
                     x, t_logits = x.detach(), t_logits.detach()
+                    if x.std() < 1e-4:
+                        # Every tanh output saturated to the same value, so the final BN maps the batch to zeros and
+                        # no gradient reaches the generator again: the rest of the run would teach nothing.
+                        collapsed = {"epoch": epoch, "step": step}
+                        break
                     if replay is not None:  # a ring buffer: the oldest samples are overwritten first
                         slots = (torch.arange(bs) + replay["next"]) % len(replay["x"])
                         replay["x"][slots], replay["t"][slots] = x, t_logits
@@ -586,6 +618,10 @@ def distill_data_free(
                     if k > 0:  # dafl's extra student steps: earlier generated samples from the replay buffer
                         idx = torch.randint(replay["filled"], (bs,), generator=gen)
                         x, t_logits = replay["x"][idx], replay["t"][idx]
+                    if method == "dafl" and cfg.dafl.student_shift:
+                        x = random_shift(x, cfg.dafl.student_shift, gen)
+                        with torch.no_grad():
+                            t_logits = teacher(x)
                     s_logits = student(x)
                     # Hinton KD on the teacher's soft targets only (alpha=0: there are no labels).
                     loss = kd_loss(s_logits, t_logits, t_logits.argmax(1), cfg.temperature, 0.0)
@@ -600,6 +636,11 @@ def distill_data_free(
                     sums["loss_kd"] += loss.item() / student_steps
                     sums["agreement"] += (s_logits.argmax(1) == t_logits.argmax(1)).float().mean().item() / student_steps
 
+            if collapsed is not None:
+                info["generator_collapsed"] = collapsed
+                log(f"[{stage}] stopped: the generator collapsed at epoch {epoch}, step {collapsed['step']} (every "
+                    f"sample constant); lower dafl.generator_lr (now {cfg.dafl.generator_lr}) or change the seed")
+                break
             val_acc = accuracy_of(student, val)
             record = {"epoch": epoch, **{k: v / cfg.iterations for k, v in sums.items()}, "val_accuracy": val_acc,
                       "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
