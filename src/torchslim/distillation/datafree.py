@@ -179,7 +179,8 @@ class DAFLGenerator(nn.Module):
 
 
 def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
-    """Each image translated by its own (dy, dx) in [−max_shift, max_shift], the edge pixels repeated into the rows and columns it uncovers.
+    """Each image translated by its own (dy, dx) in [−max_shift, max_shift]; the edge pixels are repeated into the
+    rows and columns it uncovers.
 
     Example:
         >>> random_shift(torch.ones(2, 1, 4, 4), 1, torch.Generator().manual_seed(0)).shape
@@ -568,7 +569,7 @@ def distill_data_free(
             "entropy_of_mean_softmax": -(mean_p * mean_p.clamp_min(1e-12).log()).sum().item()}
 
     # 2. The student: `iterations` steps per epoch. For dafl one iteration is a generator step, then a student step
-    #    on the very same (detached) samples, as in DAFL's code.
+    #    on the very same (detached) samples, as in DAFL's code (shifted and relabelled if `student_shift`).
     collapsed = None
     try:
         for epoch in range(start, train.epochs + 1):
