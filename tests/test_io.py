@@ -56,3 +56,23 @@ def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.bin"]
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", None])
+def test_a_damaged_or_foreign_resume_checkpoint_is_one_clear_error(tmp_path, content):
+    """io.resume_errors, which fit (and the data-free stage) read their resume checkpoints under: garbage bytes, or a
+    real checkpoint of another model, end in one line naming the file, never a traceback from torch.load."""
+    from torchslim.data import load_dataset
+    from torchslim.models import create_model
+    from torchslim.training import TrainConfig, fit
+
+    data = load_dataset("digits")
+    path = tmp_path / "train.ckpt"
+    if content is None:  # a valid checkpoint of a wider model: load_state_dict fails on the shapes
+        fit(create_model("mlp", input_shape=(1, 8, 8), widths=[16]), data.train, None, TrainConfig(epochs=1),
+            checkpoint=path, log=lambda m: None)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(TorchslimError, match=r"cannot resume from .*train\.ckpt: \w+: .*delete it to restart"):
+        fit(create_model("mlp", input_shape=(1, 8, 8), widths=[8]), data.train, None, TrainConfig(epochs=2),
+            checkpoint=path, log=lambda m: None)

@@ -43,6 +43,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+@contextlib.contextmanager
+def resume_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn any failure while reading a stage's resume checkpoint (damaged, foreign, wrong shapes) into one line
+    that names the file and what to do.
+
+    Example:
+        >>> with resume_errors("run/train.ckpt"):   # doctest: +SKIP
+        ...     state = torch.load("run/train.ckpt", map_location="cpu", weights_only=True)
+    """
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which and stop
+        raise TorchslimError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}; "
+                             f"delete it to restart the stage") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -694,7 +694,9 @@ def _save(path, epoch, student, opt, sched, generator, g_opt, gen, history, best
 
 
 def _restore(path, student, opt, sched, generator, g_opt, gen, history, best, replay):
-    try:
+    from torchslim.io import resume_errors
+
+    with resume_errors(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
         student.load_state_dict(state["student"])
         opt.load_state_dict(state["optimizer"])
@@ -702,9 +704,6 @@ def _restore(path, student, opt, sched, generator, g_opt, gen, history, best, re
         if generator is not None:
             generator.load_state_dict(state["generator"])
             g_opt.load_state_dict(state["generator_optimizer"])
-    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which and stop
-        raise TorchslimError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}; "
-                             f"delete it to restart the stage") from None
     gen.set_state(state["generator_rng"])
     torch.set_rng_state(state["torch_rng"])
     history.extend(json.loads(state["history"]))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.io import atomic_path
+from torchslim.io import atomic_path, resume_errors
 from torchslim.training import dist
 from torchslim.training.config import TrainConfig
 
@@ -253,14 +253,11 @@ def _save(path, epoch, model, opt, sched, gen, result, best_state, extra_state) 
 
 
 def _restore(path, model, opt, sched, gen, result, extra_state) -> tuple[int, dict | None]:
-    try:
+    with resume_errors(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["schedule"])
-    except Exception as e:  # noqa: BLE001 - a damaged or foreign file: say which and stop
-        raise TorchslimError(f"cannot resume from {path}: {type(e).__name__}: {str(e).splitlines()[0][:160]}; "
-                             f"delete it to restart the stage") from None
     gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     result.history = json.loads(state["history"])
