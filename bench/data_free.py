@@ -61,6 +61,8 @@ def main() -> int:
     p.add_argument("--entropy-weight", type=float, default=5.0)
     p.add_argument("--feature-layer", default="flatten", help="DAFL's LeNet-5 features: the 120 conv outputs")
     p.add_argument("--adversarial-weight", type=float, default=0.0, help="DFAD's term in the generator loss (DAFL: 0)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the DAFL student's weights per student step, "
+                   "validated and kept instead of the raw weights (DAFL: 0, off)")
     p.add_argument("--student-shift", type=int, default=0, help="random shifts of the student's inputs (DAFL: 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="KD temperature of the noise and DAFL rows (DAFL: 1)")
     p.add_argument("--di-temperature", type=float, default=1.0, help="KD temperature on the DeepInversion set; its "
@@ -168,7 +170,7 @@ def main() -> int:
             f"{steps * timing['seconds_per_iteration'] / 60:.1f} min; the paper's 24,000 × 512 at width 128 ≈ "
             f"{timing['paper_budget_hours']:.1f} h")
         data_free("dafl", DataFreeConfig(method="dafl", iterations=args.dafl_iterations, dafl=gen_cfg,
-                                         temperature=args.temperature),
+                                         temperature=args.temperature, ema_decay=args.ema),
                   TrainConfig(epochs=args.dafl_epochs, batch_size=args.dafl_batch, lr=args.student_lr,
                               schedule=args.student_schedule), t_model, timing=timing)
     transfer_train = TrainConfig(epochs=args.transfer_epochs, batch_size=args.dafl_batch, lr=args.student_lr)
@@ -232,7 +234,7 @@ def write(results: dict, args, seconds: float, torch) -> None:
 
     names = {"teacher": "teacher lenet5-classic, real data", "real": "(i) student on real labels",
              "kd": "(ii) KD on real images (T=1)", "noise": f"(iii) KD on Gaussian noise, no data (T={args.temperature:g})",
-             "dafl": f"(iv) DAFL, no data (T={args.temperature:g})",
+             "dafl": f"(iv) DAFL, no data (T={args.temperature:g}{f', EMA {args.ema:g}' if args.ema else ''})",
              "teacher_bn": "teacher lenet5-classic + BN (for DeepInversion)",
              "deepinversion": f"(v) DeepInversion, no data, BN teacher ({args.di_images} images, T={args.di_temperature:g})",
              "vae": f"(vi) VAE on {args.few_data} real images ({args.vae_images} samples, T={args.vae_temperature:g})"}

@@ -41,6 +41,7 @@ from torchslim.config import Config
 from torchslim.distillation.losses import kd_loss
 from torchslim.errors import TorchslimError, unknown_choice
 from torchslim.training.config import TrainConfig
+from torchslim.training.ema import WeightEMA
 
 METHODS = ("dafl", "deepinversion", "vae", "noise")
 
@@ -132,6 +133,9 @@ class DataFreeConfig(Config):
     method: Literal["dafl", "deepinversion", "vae", "noise"] = "dafl"
     iterations: int = Field(120, ge=1, le=1_000_000, description="student steps per epoch (DAFL: 120)")
     temperature: float = Field(1.0, gt=0, le=100, description="KD temperature (DAFL: 1)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="keep an exponential moving average of the student's "
+                             "weights with this decay per student step (e.g. 0.9995), validate and keep it instead "
+                             "of the raw weights; 0: off (DAFL: off)")
     dafl: DAFLConfig = Field(default_factory=DAFLConfig)
     deepinversion: DeepInversionConfig = Field(default_factory=DeepInversionConfig)
     vae: FewDataVAEConfig = Field(default_factory=FewDataVAEConfig)
@@ -545,12 +549,13 @@ def distill_data_free(
 
     opt = make_optimizer([p for p in student.parameters() if p.requires_grad], train)
     sched = make_schedule(opt, train, cfg.iterations * student_steps)
+    ema = WeightEMA(student, cfg.ema_decay) if cfg.ema_decay else None
     history: list[dict] = []
     best = {"epoch": None, "val_accuracy": None, "state": None}
     start = 1
     if checkpoint is not None and Path(checkpoint).is_file():
         start, transfer, synthesis = _restore(checkpoint, student, opt, sched, generator, g_opt, gen, history, best,
-                                              replay)
+                                              replay, ema)
         info["synthesis"] = synthesis
         log(f"[{stage}] resumed from {checkpoint} after epoch {start - 1}")
     if method in ("deepinversion", "vae") and transfer is None:
@@ -634,6 +639,8 @@ def distill_data_free(
                     loss.backward()
                     opt.step()
                     sched.step()
+                    if ema is not None:
+                        ema.update(student)
                     sums["loss_kd"] += loss.item() / student_steps
                     sums["agreement"] += (s_logits.argmax(1) == t_logits.argmax(1)).float().mean().item() / student_steps
 
@@ -645,26 +652,35 @@ def distill_data_free(
             val_acc = accuracy_of(student, val)
             record = {"epoch": epoch, **{k: v / cfg.iterations for k, v in sums.items()}, "val_accuracy": val_acc,
                       "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+            if ema is not None:  # the averaged weights are the ones validated, kept and returned
+                with ema.applied_to(student):
+                    val_acc = accuracy_of(student, val)
+                record.update(val_accuracy=val_acc, val_accuracy_raw=record["val_accuracy"])
             history.append(record)
             extra = f"  gen {record['loss_generator']:.3f} (onehot {record['loss_onehot']:.3f} entropy " \
                     f"{record['loss_entropy']:.3f} act {record['loss_activation']:.3f})" if method == "dafl" else ""
             val_txt = f"  val {100 * val_acc:6.2f}%" if val_acc is not None else ""
+            if ema is not None and val_acc is not None:
+                val_txt += f" (EMA; raw {100 * record['val_accuracy_raw']:.2f}%)"
             log(f"[{stage}] epoch {epoch:>3}/{train.epochs}  kd {record['loss_kd']:.4f}  agree "
                 f"{100 * record['agreement']:6.2f}%{extra}{val_txt}  ({record['seconds']:.1f}s)")
             if val_acc is not None and (best["val_accuracy"] is None or val_acc > best["val_accuracy"]):
+                kept = ema.state if ema is not None else student.state_dict()
                 best.update(epoch=epoch, val_accuracy=val_acc,
-                            state=copy.deepcopy(student.state_dict()) if train.keep == "best" else None)
+                            state=copy.deepcopy(kept) if train.keep == "best" else None)
             if checkpoint is not None and dist.is_main():  # every rank computes the same; one writes
                 _save(checkpoint, epoch, student, opt, sched, generator, g_opt, gen, history, best, transfer,
-                      info.get("synthesis"), replay)
+                      info.get("synthesis"), replay, ema)
     finally:
         if tap is not None:
             tap.remove()
 
-    if train.keep == "best" and best["state"] is not None and best["epoch"] != train.epochs:
+    if train.keep == "best" and best["state"] is not None and (best["epoch"] != train.epochs or ema is not None):
         student.load_state_dict(best["state"])
-        log(f"[{stage}] kept the weights of epoch {best['epoch']} (best validation accuracy "
-            f"{100 * best['val_accuracy']:.2f}%)")
+        log(f"[{stage}] kept the {'averaged ' if ema is not None else ''}weights of epoch {best['epoch']} (best "
+            f"validation accuracy {100 * best['val_accuracy']:.2f}%)")
+    elif ema is not None:
+        student.load_state_dict(ema.state)
     student.eval()
     info.update(history=history, best_epoch=best["epoch"], best_val_accuracy=best["val_accuracy"],
                 kept="best" if train.keep == "best" and best["state"] is not None else "last",
@@ -675,7 +691,7 @@ def distill_data_free(
 
 
 def _save(path, epoch, student, opt, sched, generator, g_opt, gen, history, best, transfer, synthesis,
-          replay) -> None:
+          replay, ema) -> None:
     """The whole state after an epoch, atomically (read back with weights_only=True: no code runs)."""
     from torchslim.io import atomic_path
 
@@ -689,11 +705,13 @@ def _save(path, epoch, student, opt, sched, generator, g_opt, gen, history, best
         state["transfer"] = transfer
     if replay is not None:
         state["replay"] = replay
+    if ema is not None:
+        state["ema"] = ema.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def _restore(path, student, opt, sched, generator, g_opt, gen, history, best, replay):
+def _restore(path, student, opt, sched, generator, g_opt, gen, history, best, replay, ema):
     from torchslim.io import resume_errors
 
     with resume_errors(path):
@@ -704,6 +722,8 @@ def _restore(path, student, opt, sched, generator, g_opt, gen, history, best, re
         if generator is not None:
             generator.load_state_dict(state["generator"])
             g_opt.load_state_dict(state["generator_optimizer"])
+        if ema is not None:  # a checkpoint written without ema_decay has no "ema": KeyError, reported as one line
+            ema.load_state_dict(state["ema"])
     gen.set_state(state["generator_rng"])
     torch.set_rng_state(state["torch_rng"])
     history.extend(json.loads(state["history"]))
