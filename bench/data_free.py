@@ -63,6 +63,8 @@ def main() -> int:
     p.add_argument("--adversarial-weight", type=float, default=0.0, help="DFAD's term in the generator loss (DAFL: 0)")
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the DAFL student's weights per student step, "
                    "validated and kept instead of the raw weights (DAFL: 0, off)")
+    p.add_argument("--student-mixup", type=float, default=0.0, help="fraction of DAFL student inputs mixed with "
+                   "another generated sample (DAFL: 0)")
     p.add_argument("--student-shift", type=int, default=0, help="random shifts of the student's inputs (DAFL: 0)")
     p.add_argument("--temperature", type=float, default=1.0, help="KD temperature of the noise and DAFL rows (DAFL: 1)")
     p.add_argument("--di-temperature", type=float, default=1.0, help="KD temperature on the DeepInversion set; its "
@@ -158,7 +160,8 @@ def main() -> int:
     gen_cfg = DAFLConfig(generator_width=args.generator_width, generator_lr=args.generator_lr,
                          entropy_weight=args.entropy_weight, feature_layer=args.feature_layer or None,
                          student_steps=args.student_steps, replay_size=args.replay_size,
-                         adversarial_weight=args.adversarial_weight, student_shift=args.student_shift)
+                         adversarial_weight=args.adversarial_weight, student_shift=args.student_shift,
+                         student_mixup=args.student_mixup)
     if "noise" in rows:
         data_free("noise", DataFreeConfig(method="noise", iterations=args.dafl_iterations, temperature=args.temperature),
                   TrainConfig(epochs=args.noise_epochs, batch_size=args.dafl_batch, lr=args.student_lr), t_model)

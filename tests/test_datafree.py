@@ -14,7 +14,8 @@ from torchslim.cli import main
 from torchslim.data import load_dataset
 from torchslim.distillation.datafree import (BNStatistics, DAFLConfig, DataFreeConfig, DeepInversionConfig,
                                              FewDataVAEConfig, check_teacher, dafl_losses, distill_data_free,
-                                             few_data_indices, random_shift, total_variation,
+                                             few_data_indices, random_mixup, random_shift,
+                                             total_variation,
                                              vae_losses)
 from torchslim.errors import TorchslimError
 from torchslim.models import MLP, create_model
@@ -211,6 +212,37 @@ def test_dafl_student_shift_has_the_teacher_label_the_shifted_images(bn_teacher)
         hook.remove()
     assert len(seen_by_student) == 4 * 2 and len(seen_by_teacher) == 4 * 3
     generated = seen_by_teacher[::3]  # per iteration: the generator's batch, then one relabelling per student step
+    assert not any(torch.equal(s, g) for s in seen_by_student for g in generated)
+    assert all(any(torch.equal(s, t) for t in seen_by_teacher) for s in seen_by_student)
+
+
+def test_random_mixup_mixes_the_chosen_rows_with_another_row():
+    x = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 1, 2, 2).contiguous()
+    assert torch.equal(random_mixup(x, 0.0, torch.Generator().manual_seed(0)), x)
+    out = random_mixup(x, 1.0, torch.Generator().manual_seed(0))
+    # Replay the draws: every row is λ·x_i + (1 − λ)·x_j with the seeded permutation and λ.
+    g = torch.Generator().manual_seed(0)
+    torch.rand(8, generator=g)
+    partner, lam = torch.randperm(8, generator=g), torch.rand(8, generator=g)
+    expected = lam * torch.arange(8.0) + (1 - lam) * torch.arange(8.0)[partner]
+    assert torch.allclose(out[:, 0, 0, 0], expected) and torch.equal(out[:, :, :1, :1].expand_as(out), out)
+    half = random_mixup(x, 0.5, torch.Generator().manual_seed(1))
+    changed = (half != x).flatten(1).any(1)
+    assert 0 < changed.sum() < 8  # some rows mixed, the rest untouched
+
+
+def test_dafl_student_mixup_has_the_teacher_label_the_mixed_images(bn_teacher):
+    seen_by_student, seen_by_teacher = [], []
+    student = _student()
+    student.register_forward_pre_hook(lambda m, i: seen_by_student.append(i[0].detach().clone()) if m.training else None)
+    hook = bn_teacher.register_forward_pre_hook(lambda m, i: seen_by_teacher.append(i[0].detach().clone()))
+    cfg = TINY.model_copy(update={"method": "dafl", "dafl": TINY.dafl.model_copy(update={"student_mixup": 1.0})})
+    try:
+        distill_data_free(student, bn_teacher, cfg, TrainConfig(epochs=1, batch_size=8), input_shape=SHAPE,
+                          num_classes=10, **QUIET)
+    finally:
+        hook.remove()
+    generated = seen_by_teacher[::3]
     assert not any(torch.equal(s, g) for s in seen_by_student for g in generated)
     assert all(any(torch.equal(s, t) for t in seen_by_teacher) for s in seen_by_student)
 

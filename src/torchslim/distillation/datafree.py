@@ -72,6 +72,9 @@ class DAFLConfig(Config):
                                       "Fang et al. 2019): also seek samples the student still gets wrong (DAFL: 0)")
     student_shift: int = Field(0, ge=0, le=8, description="shift each student input by up to this many pixels (the "
                                "teacher labels the shifted image): cheap extra variety (DAFL: 0)")
+    student_mixup: float = Field(0.0, ge=0, le=1, description="fraction of student inputs replaced by a mix "
+                                 "λ·x_i + (1−λ)·x_j of two generated samples, λ ~ U(0, 1), labelled by the teacher: "
+                                 "inputs between the generator's modes (DAFL: 0)")
 
     @model_validator(mode="after")
     def _replay_for_extra_steps(self) -> DAFLConfig:
@@ -199,6 +202,22 @@ def random_shift(x: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch
     out = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, x.shape[1], h, w)
     return out.gather(3, cols)
+
+
+def random_mixup(x: torch.Tensor, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """A random `fraction` of the rows replaced by λ·x_i + (1 − λ)·x_j, with j another row of the batch (a random
+    permutation) and λ ~ U(0, 1) per row; the other rows are returned unchanged.
+
+    Example:
+        >>> random_mixup(torch.ones(4, 1, 2, 2), 0.5, torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 1, 2, 2])
+    """
+    n = len(x)
+    chosen = torch.rand(n, generator=gen) < fraction
+    partner = torch.randperm(n, generator=gen)
+    lam = torch.rand(n, generator=gen).view(n, *([1] * (x.dim() - 1)))
+    mixed = lam * x + (1 - lam) * x[partner]
+    return torch.where(chosen.view_as(lam), mixed, x)
 
 
 def dafl_losses(teacher_logits: torch.Tensor, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -574,7 +593,8 @@ def distill_data_free(
             "entropy_of_mean_softmax": -(mean_p * mean_p.clamp_min(1e-12).log()).sum().item()}
 
     # 2. The student: `iterations` steps per epoch. For dafl one iteration is a generator step, then a student step
-    #    on the very same (detached) samples, as in DAFL's code (shifted and relabelled if `student_shift`).
+    #    on the very same (detached) samples, as in DAFL's code (shifted, mixed and relabelled by the teacher if
+    #    `student_shift` / `student_mixup`).
     collapsed = None
     try:
         for epoch in range(start, train.epochs + 1):
@@ -624,8 +644,11 @@ def distill_data_free(
                     if k > 0:  # dafl's extra student steps: earlier generated samples from the replay buffer
                         idx = torch.randint(replay["filled"], (bs,), generator=gen)
                         x, t_logits = replay["x"][idx], replay["t"][idx]
-                    if method == "dafl" and cfg.dafl.student_shift:
-                        x = random_shift(x, cfg.dafl.student_shift, gen)
+                    if method == "dafl" and (cfg.dafl.student_shift or cfg.dafl.student_mixup):
+                        if cfg.dafl.student_shift:
+                            x = random_shift(x, cfg.dafl.student_shift, gen)
+                        if cfg.dafl.student_mixup:
+                            x = random_mixup(x, cfg.dafl.student_mixup, gen)
                         with torch.no_grad():
                             t_logits = teacher(x)
                     s_logits = student(x)
