@@ -4,9 +4,10 @@
     python bench/data_free.py --rows dafl --dafl-epochs 200 --dafl-iterations 120 --dafl-batch 512 \\
         --generator-width 128 --student-steps 1 --replay-size 0 --student-schedule constant \\
         --tag=-paper                           # DAFL's own budget: 24,000 generator steps of 512 (~40 h here)
-    python bench/data_free.py --rows dafl --student-shift 2 --student-steps 12 --replay-size 65536 \
-        --tag=-expD                            # the best DAFL row on the CPU budget (~38 min): shifted inputs,
-                                               # 12 student steps per generator step
+    python bench/data_free.py --rows dafl --student-shift 2 --student-steps 12 --replay-size 65536 \\
+        --temperature 4 --student-mixup 0.5 --tag=-expI  # the best DAFL setting on the CPU budget (~38 min):
+                                               # shifted and mixed inputs, 12 student steps per generator step,
+                                               # KD at T=4 (98.20 at seed 0; 97.90 mean of seeds 0-4)
 
 Rows, all with the same student (lenet5-half) and all measured on the 10,000 MNIST test images:
   (i)   student trained on the real labels
