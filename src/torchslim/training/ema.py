@@ -2,7 +2,7 @@
 
 When the training signal moves under the model (a data-free generator that drifts, a noisy last learning rate),
 the weights wander around a good point rather than settling on it; the average of the recent weights can sit
-closer to it than any one of them, and it always gives a smoother validation curve to pick an epoch from.
+closer to it than any one of them. On DAFL (MNIST) it gave a smoother validation curve but no higher peak.
 """
 from __future__ import annotations
 
