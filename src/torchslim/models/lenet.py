@@ -13,7 +13,7 @@ from collections import OrderedDict
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.models import MODELS
+from torchslim.models.registry import MODELS
 
 # Spatial ops as (kernel, stride), all unpadded: a 5×5 conv is (5, 1), a 2×2 max-pool (2, 2).
 _Ops = list[tuple[int, int]]

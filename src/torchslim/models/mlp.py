@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.models import MODELS
+from torchslim.models.registry import MODELS
 
 
 class MLP(nn.Sequential):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.models import MODELS
+from torchslim.models.registry import MODELS
 
 
 class BasicBlock(nn.Module):

@@ -1,0 +1,31 @@
+"""Tasks: what the data's inputs are, how a model is called on them, and which metrics judge it.
+
+Example:
+    >>> from torchslim.tasks import TASKS, get_task
+    >>> TASKS.names()
+    ['image-classification', 'text-classification']
+    >>> get_task("image-classification", input_shape=(1, 8, 8)).primary_metric
+    'accuracy'
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torchslim.registry import Registry
+from torchslim.tasks.base import Task, batch_size_of, classification_metrics, forward, logits_of
+from torchslim.tasks.image_classification import ImageClassification
+from torchslim.tasks.text_classification import TextClassification
+
+TASKS: Registry[type[Task]] = Registry("task")
+TASKS.register("image-classification", help="images of one size → classes (accuracy, macro-F1)")(ImageClassification)
+TASKS.register("text-classification", help="token ids from a tokenizer → classes (accuracy, macro-F1)")(
+    TextClassification)
+
+
+def get_task(name: str, **kwargs: Any) -> Task:
+    """A task by its registered name, with its settings (`input_shape`, `vocab_size`, `num_classes`...)."""
+    return TASKS.get(name)(**kwargs)
+
+
+__all__ = ["TASKS", "Task", "ImageClassification", "TextClassification", "get_task", "forward", "logits_of",
+           "batch_size_of", "classification_metrics"]
