@@ -1,7 +1,9 @@
-"""Image classification data sets, read from their published files, split, normalised and cached in-process.
+"""Data sets, read from their published files, split, turned into tensors and cached in-process.
 
-A loader (registered in :data:`DATASETS`) reads raw uint8 pixels and labels; :func:`load_dataset` does what every data
-set shares: the validation split, zero padding, per-channel normalisation and the limits for fast tests.
+A loader (registered in :data:`DATASETS`) reads raw uint8 pixels and labels (the image sets here and in
+image_folder.py) or texts and labels (text.py, whose loaders are marked ``kind = "text"``); :func:`load_dataset` does
+what every data set of a kind shares: the validation split, zero padding and per-channel normalisation for images,
+the tokenizer for text, and the limits for fast tests.
 
 Example:
     >>> from torchslim.data import load_dataset
@@ -15,11 +17,12 @@ import builtins
 import codecs
 import functools
 import gzip
+import inspect
 import io
 import os
 import pickle
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,14 +31,13 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from torchslim.data.base import (  # noqa: F401  (DataBundle, RawDataset, resolve_data_root: part of this module's API)
+    _ROOT_HINT, DATASETS, SPLIT_SEED, DataBundle, RawDataset, _holdout_indices, _missing, _split_indices, _val_count,
+    resolve_data_root,
+)
+from torchslim.data.text import text_bundle
 from torchslim.errors import TorchslimError
-from torchslim.registry import Registry
 
-# Splits use their own fixed seed, never the recipe's: changing the training seed must not move samples between
-# train, val and test, or two runs would be measured on different data.
-SPLIT_SEED = 0
-
-_ROOT_HINT = "set data.root in the recipe, pass root=..., or set TORCHSLIM_DATA"
 _DIGITS_CLASSES = [str(d) for d in range(10)]
 _FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -49,58 +51,6 @@ _IDX_FILES = {
 }
 
 
-@dataclass(frozen=True)
-class RawDataset:
-    """What a registered loader returns: raw pixels before the val split, padding and normalisation."""
-
-    train_x: np.ndarray  # uint8, N×C×H×W
-    train_y: np.ndarray  # integer labels, N
-    test_x: np.ndarray
-    test_y: np.ndarray
-    classes: list[str]
-    pixel_max: float  # the value of a full-intensity pixel: 255, or 16 for digits
-    default_val: int | float  # a count, or a fraction of the train split
-    source: str
-
-
-DatasetLoader = Callable[[str | os.PathLike | None], RawDataset]
-DATASETS: Registry[DatasetLoader] = Registry("dataset")
-
-
-@dataclass
-class DataBundle:
-    """Train/val/test tensors of one data set, already normalised, plus what a report needs to describe them."""
-
-    name: str
-    train: TensorDataset  # (x float32 N×C×H×W, y int64 N)
-    val: TensorDataset | None  # None when val_size == 0
-    test: TensorDataset
-    input_shape: tuple[int, int, int]  # (C, H, W) after padding
-    num_classes: int
-    classes: list[str]
-    normalization: dict  # {"mean": [...], "std": [...], "description": "..."}
-    source: str
-
-
-def resolve_data_root(root: str | os.PathLike | None) -> Path:
-    """The data folder: ``root`` if given, else ``$TORCHSLIM_DATA``; absolute, and checked to exist.
-
-    Example:
-        >>> resolve_data_root("/work/shared/data")  # doctest: +SKIP
-        PosixPath('/work/shared/data')
-    """
-    origin = "root"
-    if root is None or str(root) == "":
-        root = os.environ.get("TORCHSLIM_DATA", "")
-        origin = "TORCHSLIM_DATA"
-        if not root:
-            raise TorchslimError(f"no data folder given: {_ROOT_HINT}")
-    path = Path(root).expanduser().resolve()
-    if not path.is_dir():
-        raise TorchslimError(f"data folder {path} (from {origin}) does not exist; {_ROOT_HINT}")
-    return path
-
-
 def load_dataset(
     name: str,
     root: str | os.PathLike | None = None,
@@ -109,25 +59,72 @@ def load_dataset(
     pad_to: int | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    path: str | os.PathLike | None = None,
+    test_path: str | os.PathLike | None = None,
+    text_column: str | int | None = None,
+    label_column: str | int | None = None,
+    tokenizer: str | os.PathLike = "word",
+    max_length: int | None = None,
+    max_vocab: int | None = None,
+    min_freq: int = 1,
+    lowercase: bool = True,
+    image_size: int | Sequence[int] | None = None,
 ) -> DataBundle:
-    """Load a registered data set, split off a validation set, pad and normalise it.
+    """Load a registered data set, split off a validation set, and turn it into tensors: images padded and
+    normalised, texts tokenized.
 
-    ``val_size`` is a count (int) or a fraction of the train split (float); 0 means no validation set, None the data
-    set's default. ``pad_to`` zero-pads images to ``pad_to``×``pad_to`` in pixel space (28×28 MNIST to the 32×32 of
-    LeNet-5-classic). ``limit_train``/``limit_test`` keep the first N samples after splitting; normalisation
-    statistics always come from the whole train split, so a limited load sees the same numbers as a full one.
+    Every data set: ``val_size`` is a count (int) or a fraction of the train split (float); 0 means no validation
+    set, None the data set's default. ``limit_train``/``limit_test`` keep the first N samples after splitting;
+    statistics (normalisation, the tokenizer's vocabulary) always come from the whole train split, so a limited
+    load sees the same numbers as a full one. Splits use a fixed seed of their own, never the training seed.
+
+    Images (digits, mnist, fashion-mnist, cifar10, image-folder): ``pad_to`` zero-pads images to
+    ``pad_to``×``pad_to`` in pixel space (28×28 MNIST to the 32×32 of LeNet-5-classic). image-folder also takes
+    ``path`` (a folder of class folders) and ``image_size`` (resize to an int or [h, w]).
+
+    Text (sst2, sms_spam, csv): ``tokenizer`` is "word", "char" or the path of a local Hugging Face tokenizer.json,
+    built from the training split only (``max_vocab`` ids at most, pad and unknown included; tokens seen fewer than
+    ``min_freq`` times are unknown; ``lowercase``). ``max_length`` is the sequence length L of the int64 N×L id
+    tensors (0 = padding); by default the 99th percentile of training lengths rounded up to a multiple of 8, at most
+    256. csv also takes ``path`` (.csv, .tsv, .jsonl), ``text_column``/``label_column`` (names from the header row,
+    or 0-based indices for a file without one; default "text" and "label") and ``test_path`` (else a fixed 20%).
 
     Example:
         >>> data = load_dataset("digits", val_size=0, limit_train=100)
         >>> x, y = data.train.tensors
         >>> tuple(x.shape), x.dtype, data.val is None
         ((100, 1, 8, 8), torch.float32, True)
+        >>> reviews = load_dataset("csv", path="reviews.csv", text_column="review")  # doctest: +SKIP
+        >>> reviews.train.tensors[0].dtype, reviews.task.vocab_size                 # doctest: +SKIP
+        (torch.int64, 20000)
     """
     loader = DATASETS.get(name)
+    kind = getattr(loader, "kind", "image")
     for arg, value in (("limit_train", limit_train), ("limit_test", limit_test)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise TorchslimError(f"{arg} must be a positive whole number or None, got {value!r}")
-    raw = loader(root)
+    # Options of one kind of data set given to the other are mistakes (a recipe that mixes up two data sets); say so
+    # rather than ignore them. Defaults are not "given", so a plain call never trips this.
+    kind_options = {
+        "image": {"pad_to": pad_to is not None},
+        "text": {"tokenizer": tokenizer != "word", "max_length": max_length is not None,
+                 "max_vocab": max_vocab is not None, "min_freq": min_freq != 1, "lowercase": lowercase is not True},
+    }
+    loader_options = {key: value for key, value in (
+        ("path", path), ("test_path", test_path), ("text_column", text_column), ("label_column", label_column),
+        ("image_size", image_size)) if value is not None}
+    own = [p for p in inspect.signature(loader).parameters if p != "root"]
+    valid = ["val_size", "limit_train", "limit_test", *kind_options[kind], *own]
+    given = [key for options in kind_options.values() for key, is_given in options.items() if is_given]
+    for key in [*given, *loader_options]:
+        if key not in valid:
+            raise TorchslimError(f"option '{key}' does not apply to dataset '{name}' ({kind}); its options: "
+                                 f"{', '.join(valid)}")
+    raw = loader(root, **loader_options)
+    if kind == "text":
+        return text_bundle(name, raw, val_size=val_size, limit_train=limit_train, limit_test=limit_test,
+                           tokenizer=tokenizer, max_length=max_length, max_vocab=max_vocab, min_freq=min_freq,
+                           lowercase=lowercase)
 
     n_val = _val_count(name, val_size, raw.default_val, len(raw.train_y))
     train_idx, val_idx = _split_indices(len(raw.train_y), n_val)
@@ -168,34 +165,6 @@ def load_dataset(
 # --- shared steps ------------------------------------------------------------------------------------------------
 
 
-def _val_count(name: str, val_size: Any, default: int | float, n_train: int) -> int:
-    given = "" if val_size is not None else f" (the default for {name})"
-    val_size = default if val_size is None else val_size
-    if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
-        raise TorchslimError(f"val_size must be a count (int), a fraction in [0, 1) (float) or None, got {val_size!r}")
-    if isinstance(val_size, float):
-        if not 0.0 <= val_size < 1.0:
-            raise TorchslimError(
-                f"val_size={val_size} is not a fraction in [0, 1); give a whole number for a count of samples"
-            )
-        count = round(val_size * n_train)
-        count = max(count, 1) if val_size > 0 else 0
-    else:
-        count = val_size
-    if not 0 <= count < n_train:
-        raise TorchslimError(
-            f"val_size={val_size}{given} does not fit {name}'s train split of {n_train} samples; "
-            f"valid: 0 to {n_train - 1}"
-        )
-    return count
-
-
-def _split_indices(n: int, n_val: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random val indices; both parts keep the file's order, so 'the first N' is well defined."""
-    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
-    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
-
-
 def _channel_stats(x: np.ndarray, pixel_max: float) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and std of uint8 N×C×H×W pixels scaled to [0, 1], in float64."""
     n, c = x.shape[:2]
@@ -231,12 +200,6 @@ def _normalize(x: np.ndarray, pixel_max: float, mean: np.ndarray, std: np.ndarra
     out *= (1.0 / (pixel_max * std)).astype(np.float32).reshape(shape)
     out -= (mean / std).astype(np.float32).reshape(shape)
     return out
-
-
-def _missing(path: Path, what: str, dataset_folder: str) -> TorchslimError:
-    return TorchslimError(
-        f"missing {what}: expected {path}; point data.root or TORCHSLIM_DATA at the folder that holds {dataset_folder}/"
-    )
 
 
 def _file_key(path: Path) -> tuple[str, int]:

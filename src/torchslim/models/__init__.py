@@ -19,21 +19,19 @@ from typing import Any
 from torch import nn
 
 from torchslim.errors import TorchslimError, did_you_mean
-from torchslim.registry import Registry
-
-MODELS: Registry = Registry("model")
-
-# The family modules register themselves into MODELS, so they are imported after it exists.
-from torchslim.models import lenet, mlp, resnet_cifar  # noqa: E402, F401
-from torchslim.models.lenet import LeNet5, LeNet5Classic  # noqa: E402
-from torchslim.models.mlp import MLP  # noqa: E402
-from torchslim.models.resnet_cifar import BasicBlock, ResNetCifar  # noqa: E402
+from torchslim.models.lenet import LeNet5, LeNet5Classic
+from torchslim.models.mlp import MLP
+from torchslim.models.registry import MODELS
+from torchslim.models.resnet_cifar import BasicBlock, ResNetCifar
+from torchslim.models.text import BiLSTMClassifier, TextCNN
 
 
 def create_model(
-    name: str, *, num_classes: int = 10, input_shape: Sequence[int] = (1, 28, 28), **kwargs: Any
+    name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None, **kwargs: Any
 ) -> nn.Module:
     """Build a registered model; ``kwargs`` are the model's own arguments (see ``list_models`` and its help).
+
+    Image models take ``input_shape`` (C, H, W; default (1, 28, 28)); text models take ``vocab_size`` instead.
 
     Example:
         >>> import torch
@@ -50,10 +48,15 @@ def create_model(
             )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise TorchslimError(f"num_classes must be a positive whole number, got {num_classes!r}")
-    shape = tuple(input_shape) if isinstance(input_shape, Sequence) and not isinstance(input_shape, str) else ()
-    if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-        raise TorchslimError(f"input_shape must be three positive whole numbers (C, H, W), got {input_shape!r}")
-    return builder(num_classes=num_classes, input_shape=shape, **kwargs)
+    if "input_shape" in valid:
+        input_shape = (1, 28, 28) if input_shape is None else input_shape
+        shape = tuple(input_shape) if isinstance(input_shape, Sequence) and not isinstance(input_shape, str) else ()
+        if len(shape) != 3 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+            raise TorchslimError(f"input_shape must be three positive whole numbers (C, H, W), got {input_shape!r}")
+        kwargs["input_shape"] = shape
+    elif input_shape is not None:
+        raise TorchslimError(f"model '{name}' takes no input_shape (it is not an image model)")
+    return builder(num_classes=num_classes, **kwargs)
 
 
 def list_models(pattern: str = "*") -> list[str]:
@@ -67,5 +70,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 __all__ = [
-    "MODELS", "MLP", "BasicBlock", "LeNet5", "LeNet5Classic", "ResNetCifar", "create_model", "list_models",
+    "MODELS", "MLP", "BasicBlock", "BiLSTMClassifier", "LeNet5", "LeNet5Classic", "ResNetCifar", "TextCNN",
+    "create_model", "list_models",
 ]
