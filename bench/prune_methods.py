@@ -230,7 +230,7 @@ def lottery(args) -> int:
 
     from torchslim.models import create_model
     from torchslim.prune import PruneConfig
-    from torchslim.prune.magnitude import Masks
+    from torchslim.prune import Masks
     from torchslim.prune.schedules import lottery_ticket
     from torchslim.training import TrainConfig, fit
 

@@ -143,3 +143,48 @@ def test_n_m_pattern_fixes_the_sparsity_and_rejects_bad_shapes():
         prune_(torch.nn.Sequential(torch.nn.Linear(6, 4)), PruneConfig(pattern="2:8"))
     with pytest.raises(ValueError, match="pattern must be 'unstructured' or 'N:M'"):
         PruneConfig(pattern="4:2")
+
+
+# --- masks attached to the model -----------------------------------------------------------------------------------
+import copy  # noqa: E402
+
+from torchslim.errors import TorchslimError  # noqa: E402
+from torchslim.prune import attached_masks, detach_masks  # noqa: E402
+
+
+def test_prune_attaches_its_masks_outside_the_state_dict_and_a_second_prune_replaces_them():
+    m = _net()
+    keys = set(m.state_dict())
+    first = prune_(m, PruneConfig(sparsity=0.5))
+    assert attached_masks(m) is first and set(m.state_dict()) == keys  # a plain attribute, never saved
+    twin = copy.deepcopy(m)  # a stage copies the model it starts from: the copy's masks must bind the copy's layers
+    assert attached_masks(twin).layers["0"] is twin[0] and attached_masks(twin) is not first
+    second = prune_(m, PruneConfig(sparsity=0.8))
+    assert attached_masks(m) is second and second.overall() == pytest.approx(0.8, abs=1e-3)
+    with torch.no_grad():
+        for layer in prunable_layers(m).values():
+            layer.weight.add_(1.0)  # an optimizer step: every weight moves, the pruned ones too
+    attached_masks(m).apply()
+    assert second.overall() == pytest.approx(0.8, abs=1e-3)
+    assert detach_masks(m) is second and attached_masks(m) is None and detach_masks(m) is None
+
+
+def test_masks_that_no_longer_fit_their_layer_name_it():
+    m = _net()
+    masks = prune_(m, PruneConfig(sparsity=0.5))
+    m[2].weight = nn.Parameter(torch.randn(40, 50))  # channels removed after pruning
+    with pytest.raises(TorchslimError, match=r"mask of layer '2' has shape \(10, 50\), the weight \(40, 50\); detach"):
+        masks.apply()
+
+
+def test_fit_holds_the_masks_prune_attached():
+    """prune_, then plain training with no after_step: the zeros must survive (fit applies the attached masks)."""
+    m = _net()
+    prune_(m, PruneConfig(sparsity=0.8))
+    before = {n: l.weight.detach().clone() for n, l in prunable_layers(m).items()}
+    x, y = torch.randn(128, 20), torch.randint(0, 3, (128,))
+    fit(m, torch.utils.data.TensorDataset(x, y), None, TrainConfig(epochs=2, lr=1e-2, optimizer="sgd"),
+        log=lambda s: None)
+    for n, l in prunable_layers(m).items():
+        assert (l.weight[before[n] == 0] == 0).all(), n
+    assert any(not torch.equal(l.weight, before[n]) for n, l in prunable_layers(m).items())  # it did train

@@ -12,10 +12,10 @@ from torchslim.cli import main
 from torchslim.data import load_dataset
 from torchslim.errors import TorchslimError
 from torchslim.models import create_model
-from torchslim.prune import PruneConfig, prunable_layers
-from torchslim.prune.schedules import (GradualPruner, agp_sparsity, agp_update_steps, gradual_prune,
+from torchslim.prune import PruneConfig, attached_masks, prunable_layers
+from torchslim.prune.schedules import (GradualPruner, agp_sparsity, agp_update_steps, gradual_prune, iterative_prune,
                                        iterative_targets, lottery_rates, lottery_sparsity, lottery_ticket, ramp_steps,
-                                       steps_per_epoch)
+                                       prune_with_schedule, steps_per_epoch)
 from torchslim.recipe import validate_recipe
 from torchslim.training import TrainConfig, fit
 
@@ -238,6 +238,104 @@ def test_lottery_resume_inside_a_later_round_replays_the_finished_ones(digits, t
     assert sum("resumed from" in line for line in lines) == 3  # rounds 0 and 1 replayed, round 2 continued
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+# ------------------------------------------------------------------------------------------ oneshot and iterative
+def test_iterative_prune_reaches_each_round_target_and_fine_tuning_keeps_the_zeros(digits, tmp_path):
+    model = _mlp()
+    layers = prunable_layers(model)
+    total = sum(m.weight.numel() for m in layers.values())
+    cfg = PruneConfig(sparsity=0.8, schedule="iterative", rounds=2)
+    seen = []
+
+    def checkpoint(k):
+        seen.append(k)
+        return tmp_path / f"round-{k}.pt"
+
+    info = iterative_prune(model, cfg, digits, TrainConfig(epochs=1, lr=3e-3), seed=4, checkpoint=checkpoint,
+                           **QUIET)
+    targets = iterative_targets(0.8, 2)
+    assert [r["target"] for r in info["rounds"]] == targets and seen == [1, 2]
+    for r in info["rounds"]:  # each round's level is measured after its fine-tuning, masks held
+        assert r["sparsity"] == pytest.approx(r["target"], abs=1 / total) and len(r["history"]) == 1
+    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    assert zeros / total == pytest.approx(0.8, abs=1 / total) == info["overall_sparsity"]
+    assert info["sparsity"] == {n: pytest.approx((m.weight == 0).float().mean().item()) for n, m in layers.items()}
+    assert info["prune"] == cfg.model_dump() and (tmp_path / "round-2.pt").is_file()
+    assert attached_masks(model) is not None and attached_masks(model).masks.keys() == layers.keys()
+    json.dumps(info)  # a report records it as is
+
+    # The same as the loop it replaced: prune_, then fit(seed + k) holding the masks, round after round.
+    from torchslim.prune import prune_
+
+    by_hand = _mlp()
+    for k, target in enumerate(targets, start=1):
+        masks = prune_(by_hand, cfg, sparsity=target, data=digits)
+        fit(by_hand, digits.train, digits.val, TrainConfig(epochs=1, lr=3e-3), seed=4 + k, after_step=masks.apply,
+            **QUIET)
+    for (k, a), b in zip(model.state_dict().items(), by_hand.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_iterative_prune_records_the_sensitivity_plan_and_the_n_m_storage(digits):
+    model = _mlp()
+    cfg = PruneConfig(sparsity=0.6, scope="sensitivity", sensitivity_sparsities=[0.3, 0.6, 0.9])
+    info = iterative_prune(model, cfg, digits, TrainConfig(epochs=0), **QUIET)
+    plan = info["sensitivity"]
+    assert plan["target"] == 0.6 and info["sparsity"] == pytest.approx(plan["sparsities"], abs=1e-2)
+    assert info["overall_sparsity"] == pytest.approx(0.6, abs=1e-2) and "history" not in info["rounds"][0]
+
+    nm = iterative_prune(_mlp(), PruneConfig(pattern="2:4"), digits, TrainConfig(epochs=0), **QUIET)
+    assert nm["overall_sparsity"] == 0.5 and nm["nm_storage"]["pattern"] == "2:4"
+    assert nm["nm_storage"]["packed_bytes"] < nm["nm_storage"]["dense_bytes"]
+    json.dumps(info), json.dumps(nm)
+
+
+def test_iterative_prune_refuses_the_schedules_it_does_not_run(digits):
+    with pytest.raises(TorchslimError, match="iterative_prune runs the schedules oneshot and iterative, not 'gradual'"):
+        iterative_prune(_mlp(), PruneConfig(schedule="gradual"), digits, TrainConfig(epochs=1), **QUIET)
+
+
+# ------------------------------------------------------------------------------------------------------ dispatcher
+KEYS = {
+    "oneshot": {"sparsity", "overall_sparsity", "rounds", "prune"},
+    "iterative": {"sparsity", "overall_sparsity", "rounds", "prune"},
+    "gradual": {"sparsity", "overall_sparsity", "prune", "history", "best_epoch", "best_val_accuracy"},
+    "lottery": {"sparsity", "overall_sparsity", "init", "rounds", "prune", "history", "best_epoch",
+                "best_val_accuracy"},
+}
+
+
+@pytest.mark.parametrize("schedule", list(KEYS))
+def test_prune_with_schedule_runs_the_named_schedule_and_records_its_keys(digits, schedule):
+    fields = {"oneshot": {"sparsity": 0.5}, "iterative": {"sparsity": 0.5, "rounds": 2},
+              "gradual": {"sparsity": 0.5, "update_every": 5}, "lottery": {"rounds": 1}}[schedule]
+
+    class Stage(PruneConfig):  # a recipe stage is a PruneConfig with fields of its own; only the config is recorded
+        label: str = "a stage"
+
+    cfg = Stage(schedule=schedule, **fields)
+    model = _mlp()
+    incoming = copy.deepcopy(model.state_dict())
+    made = []
+
+    def fresh_init(seed):
+        made.append(seed)
+        return _mlp(seed=seed), f"mlp, seed {seed}"
+
+    pruned, info = prune_with_schedule(model, cfg, digits, TrainConfig(epochs=1, lr=3e-3), seed=7,
+                                       fresh_init=fresh_init, **QUIET)
+    assert set(info) == KEYS[schedule]
+    assert info["prune"] == PruneConfig(schedule=schedule, **fields).model_dump()
+    assert attached_masks(pruned) is not None  # later training keeps the zeros
+    zeros = sum(int((m.weight == 0).sum()) for m in prunable_layers(pruned).values())
+    assert info["overall_sparsity"] == zeros / sum(m.weight.numel() for m in prunable_layers(pruned).values())
+    if schedule == "lottery":  # retrained from fresh_init(seed); the incoming model is left alone
+        assert pruned is not model and made == [7] and info["init"] == "mlp, seed 7"
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in incoming.items())
+    else:
+        assert pruned is model and info["overall_sparsity"] == pytest.approx(0.5, abs=1e-3)
+    json.dumps(info)
 
 
 # --------------------------------------------------------------------------------------------------------- recipes

@@ -14,7 +14,8 @@ from torchslim.cli import main
 from torchslim.errors import TorchslimError
 from torchslim.evaluation import count_macs, count_params
 from torchslim.models import BasicBlock, create_model
-from torchslim.prune.structured import ChannelPruneConfig, prune_channels_, resize_to_state_dict_
+from torchslim.prune.structured import (ChannelPruneConfig, prune_channels_, prune_channels_to_target,
+                                       resize_to_state_dict_)
 
 SHAPE = (1, 16, 16)
 
@@ -131,6 +132,39 @@ def test_bn_scale_importance_keeps_the_channels_with_large_scales():
     kept = info["channels"]["layer1.0.conv1"][1]
     assert kept < 16
     assert torch.equal(model.layer1[0].bn1.weight.data, gamma[16 - kept:])  # the smallest scales went
+
+
+def test_prune_channels_to_target_meets_the_macs_target_in_rounds_and_fine_tunes_between(tmp_path):
+    from torchslim.prune import PruneConfig, attached_masks, prune_
+    from torchslim.training import TrainConfig
+
+    model = _resnet8()
+    widths = {name: m.out_channels for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    prune_(model, PruneConfig(sparsity=0.3))  # attached masks: they cannot fit the narrower layers afterwards
+    g = torch.Generator().manual_seed(0)
+    train = torch.utils.data.TensorDataset(torch.randn(96, *SHAPE, generator=g),
+                                           torch.randint(0, 10, (96,), generator=g))
+    data = SimpleNamespace(train=train, val=None)
+    example = torch.zeros(1, *SHAPE)
+    macs = count_macs(model, SHAPE)
+    seen = []
+
+    def checkpoint(k):
+        seen.append(k)
+        return tmp_path / f"round-{k}.pt"
+
+    cfg = ChannelPruneConfig(macs_reduction=2.0, rounds=2)
+    info = prune_channels_to_target(model, cfg, data, TrainConfig(epochs=1, batch_size=32), example_inputs=example,
+                                    seed=1, checkpoint=checkpoint, log=lambda s: None)
+    assert info["macs_before"] == macs and info["macs_after"] == count_macs(model, SHAPE)  # measured on the model
+    assert info["macs_reduction"] >= 2.0 and info["params_after"] == count_params(model)[0]
+    assert [r["target_macs"] for r in info["rounds"]] == cfg.round_targets(macs) and seen == [1, 2]
+    for r in info["rounds"]:
+        assert r["macs"] <= r["target_macs"] and len(r["history"]) == 1
+    assert {name: c[0] for name, c in info["channels"].items() if name in widths} == widths  # before round 1
+    assert info["prune_channels"] == cfg.model_dump() and attached_masks(model) is None
+    _check_shapes_line_up(model)
+    json.dumps(info)
 
 
 def test_unknown_importance_is_a_clear_error_listing_the_choices():

@@ -17,6 +17,7 @@ from torchslim.quant import (
     allocate_bits,
     config_for,
     layer_sensitivity,
+    mixed_precision,
     plot_sensitivity,
     quantizable_layers,
     weight_bytes,
@@ -111,6 +112,52 @@ def test_bad_inputs_name_the_value(setup):
         layer_sensitivity(model, QuantConfig(), data, bits=(4,), split="train")
     with pytest.raises(TorchslimError, match="unknown layer in bits 'fc9'"):
         weight_bytes(model, {"fc9": 4})
+
+
+def _weight_bits(model, cfg):
+    """Weight bits per layer of the model `prepare` makes from `cfg` (32: left in float)."""
+    from torchslim.quant import prepare
+    from torchslim.quant.prepare import _QuantLayer
+
+    qmodel = prepare(model, cfg)
+    quantized = {n: m.weight_fake_quant.spec.bits for n, m in qmodel.named_modules() if isinstance(m, _QuantLayer)}
+    return {n: quantized.get(n, 32) for n in quantizable_layers(model)}
+
+
+def test_mixed_precision_for_a_budget_fits_it_and_its_config_quantizes_as_recorded(setup):
+    model, data, _ = setup
+
+    class Stage(QuantConfig):  # a recipe stage: a QuantConfig with fields of its own, which are not recorded
+        budget: float | None = None
+
+    cfg, info = mixed_precision(model, Stage(budget=0.6), data, budget=0.6, choices=(2, 4, 8, 32), log=lambda s: None)
+    assert set(info) == {"quant", "sensitivity", "split", "budget_bytes", "bits", "weight_bytes", "int8_weight_bytes"}
+    assert info["quant"] == QuantConfig().model_dump() and info["split"] == "val" and type(cfg) is QuantConfig
+    int8 = weight_bytes(model, 8)
+    assert info["int8_weight_bytes"] == int8 and info["budget_bytes"] == pytest.approx(0.6 * int8)
+    assert info["weight_bytes"] == weight_bytes(model, info["bits"]) <= info["budget_bytes"]
+    assert {(r["layer"], r["bits"]) for r in info["sensitivity"]} == {(n, b) for n in quantizable_layers(model)
+                                                                       for b in (2, 4, 8)}
+    assert _weight_bits(model, cfg) == info["bits"]  # the config is the allocation
+    assert set(info["bits"].values()) <= {2, 4, 8, 32}
+    assert info["weight_bytes"] > weight_bytes(model, 2)  # it used the room it had
+
+
+def test_mixed_precision_for_a_tolerance_returns_the_first_config_within_it(setup):
+    model, data, _ = setup
+    start = QuantConfig(weight=QuantSpec(bits=2, per_channel=True), calibration_batches=4)
+    cfg, info = mixed_precision(model, start, data, tolerance_points=1.0, log=lambda s: None)
+    assert set(info) == {"quant", "sensitivity", "split", "trials", "bits", "weight_bytes", "int8_weight_bytes"}
+    chosen = info["trials"][-1]
+    assert chosen["within_tolerance"] and chosen["drop"] <= 1.0 and info["bits"] == chosen["bits"]
+    assert FRAGILE in cfg.exclude and _weight_bits(model, cfg) == info["bits"]
+
+
+def test_mixed_precision_needs_exactly_one_goal(setup):
+    model, data, _ = setup
+    for goal in ({}, {"budget": 0.5, "tolerance_points": 1.0}):
+        with pytest.raises(TorchslimError, match="mixed_precision: give exactly one of budget"):
+            mixed_precision(model, QuantConfig(), data, **goal)
 
 
 def _record(name, runtime, p50, stage="x", info=None, macs=50_000_000):

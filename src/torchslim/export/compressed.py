@@ -335,7 +335,7 @@ def save_compressed(
 
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise TorchslimError("save_compressed: the model has parametrized weights; call bake_(model) first")
-    from torchslim.prune.magnitude import prunable_layers
+    from torchslim.prune.masks import prunable_layers
 
     sparse_names = {f"{name}.weight": name for name in prunable_layers(model)}
     state = model.state_dict()

@@ -1,7 +1,12 @@
 """Pruning: registered criteria (magnitude, han, random, Taylor, SNIP, APoZ, entropy), schedules (one-shot,
 iterative, gradual AGP, lottery tickets with rewinding), unstructured (layerwise or global, one-shot or
 iterative, or per layer from a sensitivity analysis) and N:M masks with their packed storage, Han's std
-threshold, and Deep Compression's k-means weight sharing with centroid fine-tuning."""
+threshold, structured channel removal to a MACs target, and Deep Compression's k-means weight sharing with
+centroid fine-tuning.
+
+The modules, from the bottom up: `config` (PruneConfig), `criteria` (scores), `masks` (layers, masks, `prune_`),
+`nm`, `han`, `sensitivity`, `schedules` (the training drivers), `structured`, `codebook`. None imports this package.
+"""
 from torchslim.prune.codebook import (
     Codebook,
     CodebookConfig,
@@ -15,17 +20,45 @@ from torchslim.prune.codebook import (
 from torchslim.prune.config import MagnitudePruneConfig, PruneConfig
 from torchslim.prune.criteria import CRITERIA
 from torchslim.prune.han import han_prune_, han_threshold_masks
-from torchslim.prune.magnitude import Masks, magnitude_masks, masks_from_scores, nm_masks, prunable_layers, prune_
+from torchslim.prune.masks import (
+    Masks,
+    attach_masks,
+    attached_masks,
+    detach_masks,
+    hold_zeros,
+    magnitude_masks,
+    masks_from_scores,
+    nm_masks,
+    prunable_layers,
+    prune_,
+)
 from torchslim.prune.nm import NMPacked, nm_bytes, pack_nm, unpack_nm
-from torchslim.prune.schedules import GradualPruner, LotteryResult, agp_sparsity, gradual_prune, lottery_ticket
+from torchslim.prune.schedules import (
+    GradualPruner,
+    LotteryResult,
+    agp_sparsity,
+    gradual_prune,
+    iterative_prune,
+    lottery_ticket,
+    prune_with_schedule,
+    reinitialize_,
+)
 from torchslim.prune.sensitivity import layer_sensitivity, plot_sensitivity_curves, sparsities_from_sensitivity
-from torchslim.prune.structured import CHANNEL_IMPORTANCE, ChannelPruneConfig, prune_channels_, resize_to_state_dict_
+from torchslim.prune.structured import (
+    CHANNEL_IMPORTANCE,
+    ChannelPruneConfig,
+    prune_channels_,
+    prune_channels_to_target,
+    resize_to_state_dict_,
+)
 
 __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "MagnitudePruneConfig", "Masks",
-           "magnitude_masks", "prunable_layers", "prune_",
+           "magnitude_masks", "prunable_layers", "prune_", "attach_masks", "attached_masks", "detach_masks", "hold_zeros",
            "CodebookConfig", "Codebook", "share_weights_", "kmeans_1d", "attach_codebooks_", "bake_",
            "finetune_codebooks", "round_biases_", "han_threshold_masks", "han_prune_",
            "NMPacked", "nm_bytes", "pack_nm", "unpack_nm",
-           "GradualPruner", "LotteryResult", "agp_sparsity", "gradual_prune", "lottery_ticket",
+           "GradualPruner", "LotteryResult", "agp_sparsity", "gradual_prune", "iterative_prune", "lottery_ticket",
+           "prune_with_schedule", "reinitialize_",
            "layer_sensitivity", "plot_sensitivity_curves", "sparsities_from_sensitivity",
-           "ChannelPruneConfig", "CHANNEL_IMPORTANCE", "prune_channels_", "resize_to_state_dict_"]
+           "ChannelPruneConfig", "CHANNEL_IMPORTANCE", "prune_channels_", "prune_channels_to_target",
+           "resize_to_state_dict_"]

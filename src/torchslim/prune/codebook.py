@@ -14,10 +14,9 @@ Example:
 """
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -26,13 +25,11 @@ from torch.nn.utils import parametrize
 
 from torchslim.config import Config
 from torchslim.errors import TorchslimError
-from torchslim.prune.magnitude import prunable_layers
+from torchslim.prune.masks import per_layer, prunable_layers
 
 if TYPE_CHECKING:
     from torchslim.training.config import TrainConfig
     from torchslim.training.loop import FitResult
-
-V = TypeVar("V")
 
 
 class CodebookConfig(Config):
@@ -88,26 +85,6 @@ class Codebook:
     def weight(self) -> torch.Tensor:
         """The dense weight this codebook stands for."""
         return torch.where(self.mask, self.centroids[self.index], self.centroids.new_zeros(()))
-
-
-def per_layer(value: V | Mapping[str, V], names: list[str], what: str) -> dict[str, V]:
-    """Resolve one value or a glob→value map to a value per layer name (first matching glob wins).
-
-    A layer no glob matches, or a glob that matches no layer, is an error naming it: a typo must not silently leave
-    a layer at some default.
-    """
-    if not isinstance(value, Mapping):
-        return {n: value for n in names}
-    out: dict[str, V] = {}
-    for name in names:
-        match = next((pat for pat in value if fnmatch.fnmatch(name, pat)), None)
-        if match is None:
-            raise TorchslimError(f"{what}: layer '{name}' matches none of {list(value)}; add it or a '*' pattern")
-        out[name] = value[match]
-    unused = [pat for pat in value if not any(fnmatch.fnmatch(n, pat) for n in names)]
-    if unused:
-        raise TorchslimError(f"{what}: pattern(s) {unused} match no layer; layers: {', '.join(names)}")
-    return out
 
 
 @torch.no_grad()

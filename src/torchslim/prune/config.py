@@ -1,3 +1,9 @@
+"""PruneConfig: what to prune (layers, criterion, pattern) and on which schedule, with each schedule's defaults.
+
+Example:
+    >>> PruneConfig(schedule="iterative", sparsity=0.875, rounds=3).round_targets()
+    [0.5, 0.75, 0.875]
+"""
 from __future__ import annotations
 
 import re
@@ -146,13 +152,21 @@ class PruneConfig(Config):
         For oneshot and iterative; a gradual schedule ends at [sparsity], a lottery one is defined by its rounds
         (`prune.schedules.lottery_sparsity`) and has no overall target.
         """
-        from torchslim.prune.schedules import iterative_targets
-
         if self.n_m is not None:
             return [1 - self.n_m[0] / self.n_m[1]]
         if self.schedule == "iterative":
             return iterative_targets(self.sparsity, self.rounds)
         return [] if self.sparsity is None else [self.sparsity]
+
+
+def iterative_targets(sparsity: float, rounds: int) -> list[float]:
+    """Sparsity after each of `rounds` rounds, each pruning the same fraction of what remains: 1 − (1 − s)^(k/R).
+
+    Example:
+        >>> [round(s, 3) for s in iterative_targets(0.875, 3)]
+        [0.5, 0.75, 0.875]
+    """
+    return [1 - (1 - sparsity) ** (k / rounds) for k in range(1, rounds + 1)]
 
 
 # Which schedules use which field (the last one is named in errors), and the defaults they get when left out.

@@ -1,5 +1,5 @@
 """Pruning criteria: one protocol, registered by name. A criterion scores every weight of the pruned layers; higher
-means more important. Masks are then drawn from the scores (globally, per layer, or N:M) in `prune.magnitude`.
+means more important. Masks are then drawn from the scores (globally, per layer, or N:M) in `prune.masks`.
 
     scores = CRITERIA.get("taylor")(layers, model=model, data=data, batches=8)   # {layer name: tensor like weight}
 
@@ -42,6 +42,18 @@ def random(layers: Mapping[str, nn.Module], *, seed: int = 0, **_) -> Scores:
     return {name: torch.rand(m.weight.shape, generator=g) for name, m in layers.items()}
 
 
+def layer_std(weight: torch.Tensor) -> float:
+    """σ of Han's threshold: the (unbiased) std of all the layer's weights as they are now, zeros included; 0 for a
+    single weight. The `han` criterion divides by it, and `prune.han` thresholds at quality × σ, so a global cut by
+    `han` scores is Han's per-layer threshold.
+
+    Example:
+        >>> round(layer_std(torch.tensor([1.0, -2.0, 3.0, -4.0])), 3)
+        3.109
+    """
+    return weight.detach().float().std().item() if weight.numel() > 1 else 0.0
+
+
 @CRITERIA.register("han", help="|w| / std(w of its layer): Han et al. 2015's quality × std threshold, one quality "
                                "for every layer")
 def han(layers: Mapping[str, nn.Module], **_) -> Scores:
@@ -61,8 +73,6 @@ def han(layers: Mapping[str, nn.Module], **_) -> Scores:
         >>> [round(v, 3) for v in han({"l": layer})["l"].flatten().tolist()]   # σ = 3.109 (unbiased)
         [0.322, 0.643, 0.965, 1.287]
     """
-    from torchslim.prune.han import layer_std
-
     scores = {}
     for name, m in layers.items():
         w = m.weight.detach()

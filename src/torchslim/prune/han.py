@@ -7,7 +7,7 @@ sparsity.
 
 Example:
     >>> from torchslim.models import create_model
-    >>> from torchslim.prune.magnitude import prunable_layers
+    >>> from torchslim.prune.masks import prunable_layers
     >>> layers = prunable_layers(create_model("lenet-300-100"))
     >>> masks = han_threshold_masks(layers, {"fc3": 0.5, "*": 1.0})
     >>> 0.5 < 1 - masks["fc1"].mean().item() < 0.7   # about 58% of a uniform layer lies within one std
@@ -21,14 +21,8 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.prune.codebook import per_layer
-from torchslim.prune.magnitude import Masks, prunable_layers
-
-
-def layer_std(weight: torch.Tensor) -> float:
-    """σ of Han's threshold: the (unbiased) std of all the layer's weights as they are now, zeros included; 0 for a
-    single weight. The `han` pruning criterion divides by the same σ, so a global cut there is this threshold."""
-    return weight.detach().float().std().item() if weight.numel() > 1 else 0.0
+from torchslim.prune.criteria import layer_std
+from torchslim.prune.masks import Masks, attach_masks, per_layer, prunable_layers
 
 
 @torch.no_grad()
@@ -57,7 +51,8 @@ def han_threshold_masks(
 def han_prune_(
     model: nn.Module, quality: float | Mapping[str, float], exclude: list[str] | tuple[str, ...] = ()
 ) -> Masks:
-    """Zero each layer's weights below quality × std, in place; returns the masks (``apply()`` after each step).
+    """Zero each layer's weights below quality × std, in place; attach the masks to the model (training holds them,
+    as after :func:`~torchslim.prune.masks.prune_`) and return them.
 
     Example:
         >>> masks = han_prune_(model, {"fc3": 0.5, "*": 1.5})   # doctest: +SKIP
@@ -65,4 +60,4 @@ def han_prune_(
     layers = prunable_layers(model, exclude)
     masks = Masks(layers, han_threshold_masks(layers, quality))
     masks.apply()
-    return masks
+    return attach_masks(model, masks)

@@ -1,8 +1,9 @@
-"""Pruning schedules: when, and how far, to prune while training.
+"""Pruning schedules: when, and how far, to prune while training. One public function per schedule, and
+:func:`prune_with_schedule`, which runs the one ``cfg.schedule`` names and returns what a report records.
 
-* ``oneshot``: prune once to ``sparsity``, then fine-tune with the masks held.
+* ``oneshot``: prune once to ``sparsity``, then fine-tune with the masks held (:func:`iterative_prune`).
 * ``iterative``: ``rounds`` prune/fine-tune rounds, each removing the same fraction of the remaining weights
-  (:func:`iterative_targets`).
+  (:func:`iterative_targets`, :func:`iterative_prune`).
 * ``gradual``: Zhu & Gupta 2017 (AGP). Sparsity rises during fine-tuning along
   s_t = s_f + (s_i − s_f)·(1 − (t − t_0)/(n·Δt))³, masks recomputed every Δt optimizer steps until the ramp ends,
   then held (:func:`agp_sparsity`, :class:`GradualPruner`, :func:`gradual_prune`).
@@ -34,20 +35,22 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
+from torchslim.prune.config import PruneConfig, iterative_targets
+from torchslim.prune.criteria import CRITERIA
+from torchslim.prune.masks import Masks, attach_masks, detach_masks, masks_from_scores, prunable_layers, prune_
+from torchslim.prune.nm import nm_storage
+from torchslim.prune.sensitivity import round_sparsities, sensitivity_plan
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
-    from torchslim.prune.config import PruneConfig
-    from torchslim.prune.magnitude import Masks
     from torchslim.training.config import TrainConfig
     from torchslim.training.loop import FitResult
 
+Log = Callable[[str], None]
+RoundCheckpoint = Callable[[int], str | Path | None]  # round k -> its checkpoint file (None: not resumable)
+
 # --------------------------------------------------------------------------------------------------- schedule math
-
-
-def iterative_targets(sparsity: float, rounds: int) -> list[float]:
-    """Sparsity after each of `rounds` rounds, each pruning the same fraction of what remains: 1 − (1 − s)^(k/R)."""
-    return [1 - (1 - sparsity) ** (k / rounds) for k in range(1, rounds + 1)]
+# iterative_targets (imported above) is defined next to PruneConfig, whose round_targets() uses it.
 
 
 def agp_sparsity(step: int, final: float, initial: float = 0.0, *, start: int = 0, span: int) -> float:
@@ -102,13 +105,94 @@ def lottery_rates(names: list[str], rate: float, output_rate: float, output: str
 
 def output_layer(model: nn.Module) -> str | None:
     """The name of the model's last Conv/Linear module (registration order): the classifier of the usual models."""
-    from torchslim.prune.magnitude import prunable_layers
-
     names = list(prunable_layers(model))
     return names[-1] if names else None
 
 
 # ---------------------------------------------------------------------------------------------------------- drivers
+
+
+def _prune_config(cfg: PruneConfig) -> PruneConfig:
+    """The PruneConfig part of `cfg` (a recipe stage is a PruneConfig with fields of its own): what gets recorded."""
+    return cfg if type(cfg) is PruneConfig else PruneConfig.model_validate(
+        cfg.model_dump(include=set(PruneConfig.model_fields)))
+
+
+def _fit_info(fitted: FitResult) -> dict:
+    return {"history": fitted.history, "best_epoch": fitted.best_epoch, "best_val_accuracy": fitted.best_val_accuracy}
+
+
+def _sensitivity_plan(model: nn.Module, cfg: PruneConfig, data: DataBundle, stage: str, log: Log) -> dict | None:
+    """scope: sensitivity — prune each layer alone on the incoming model, then choose one sparsity per layer."""
+    if cfg.scope != "sensitivity":
+        return None
+    plan = sensitivity_plan(model, data, cfg)
+    levels = ", ".join(f"{name} {100 * s:.1f}%" for name, s in plan["sparsities"].items())
+    log(f"[{stage}] sensitivity on {plan['samples']} val rows (dense {100 * plan['dense_accuracy']:.2f}%): "
+        f"tolerance {plan['tolerance_points']:.2f} points → {levels}")
+    return plan
+
+
+def _plan_levels(plan: dict | None) -> Callable[[float], dict[str, float]] | None:
+    """Each layer's sparsity for a step whose overall target is s: the schedule, per layer (None: no plan)."""
+    if plan is None:
+        return None
+    return lambda s: round_sparsities(plan["sparsities"], s, plan["target"])
+
+
+def iterative_prune(model: nn.Module, cfg: PruneConfig, data: DataBundle, train: TrainConfig, *, seed: int = 0,
+                    checkpoint: RoundCheckpoint | None = None, stage: str = "prune", log: Log = print) -> dict:
+    """Prune `model` in place in ``cfg.round_targets()`` rounds (one for ``oneshot``), fine-tuning after each round
+    with the masks held; return the record of what was done (JSON-ready).
+
+    Round k prunes to its target (per layer from a sensitivity analysis of the incoming model with ``scope:
+    sensitivity``, which this function runs first), then fine-tunes for ``train.epochs`` (none when 0) with
+    ``fit(seed=seed + k)`` and the masks re-applied after every step; ``checkpoint(k)`` is round k's checkpoint file
+    (the masks are saved with it, so an interrupted round resumes). The last masks stay attached to the model.
+
+    Returns ``{"sparsity": {layer: fraction}, "overall_sparsity", "rounds": [{"target", "sparsity", "history",
+    "best_epoch", "best_val_accuracy"}], "prune": cfg as a dict}``, plus ``"sensitivity"`` (the plan, see
+    :func:`~torchslim.prune.sensitivity.sensitivity_plan`) with ``scope: sensitivity`` and ``"nm_storage"`` (see
+    :func:`~torchslim.prune.nm.nm_storage`) with an N:M pattern.
+
+    Example:
+        >>> from torchslim.data import load_dataset
+        >>> from torchslim.models import create_model
+        >>> from torchslim.training import TrainConfig
+        >>> data = load_dataset("digits")
+        >>> model = create_model("mlp", input_shape=data.input_shape, widths=[32])
+        >>> cfg = PruneConfig(sparsity=0.75, schedule="iterative", rounds=2)
+        >>> info = iterative_prune(model, cfg, data, TrainConfig(epochs=1), log=lambda s: None)
+        >>> [round(r["target"], 2) for r in info["rounds"]], round(info["overall_sparsity"], 2)
+        ([0.5, 0.75], 0.75)
+    """
+    from torchslim.training.loop import fit
+
+    cfg = _prune_config(cfg)
+    if cfg.schedule not in ("oneshot", "iterative"):
+        raise TorchslimError(f"iterative_prune runs the schedules oneshot and iterative, not '{cfg.schedule}'; "
+                             f"use gradual_prune or lottery_ticket, or prune_with_schedule for any schedule")
+    plan = _sensitivity_plan(model, cfg, data, stage, log)
+    levels = _plan_levels(plan)
+    ckpt = checkpoint or (lambda k: None)
+    rounds = []
+    for k, target in enumerate(cfg.round_targets(), start=1):
+        masks = prune_(model, cfg, sparsity=target if levels is None else levels(target), data=data)
+        log(f"[{stage}] round {k}: pruned to {100 * masks.overall():.1f}% sparsity ({cfg.scope})")
+        fitted = fit(model, data.train, data.val, train, seed=seed + k, after_step=masks.apply, checkpoint=ckpt(k),
+                     extra_state=masks.masks, stage=f"{stage} round {k}", log=log) if train.epochs else None
+        rounds.append({"target": target, "sparsity": masks.overall(), **(_fit_info(fitted) if fitted else {})})
+    # Masked weights are exact zeros in the weight tensors themselves, so the sparsity is already permanent: a saved
+    # model is an ordinary module with no mask buffers or hooks.
+    info = {"sparsity": masks.sparsity(), "overall_sparsity": masks.overall(), "rounds": rounds,
+            "prune": cfg.model_dump()}
+    if plan is not None:
+        info["sensitivity"] = plan
+    if cfg.n_m is not None:
+        info["nm_storage"] = nm_storage(masks.layers, *cfg.n_m)
+        log(f"[{stage}] {cfg.pattern} storage: {info['nm_storage']['packed_bytes']:,} bytes of weights "
+            f"vs {info['nm_storage']['dense_bytes']:,} dense")
+    return info
 
 
 class GradualPruner:
@@ -122,8 +206,6 @@ class GradualPruner:
 
     def __init__(self, model: nn.Module, cfg: PruneConfig, total_steps: int, data: DataBundle | None = None,
                  levels: Callable[[float], float | Mapping[str, float]] | None = None) -> None:
-        from torchslim.prune.magnitude import Masks, prunable_layers
-
         self.model, self.cfg, self.data = model, cfg, data
         self.levels = levels or (lambda s: s)
         self.ramp_end = ramp_steps(total_steps, cfg.ramp)
@@ -153,18 +235,17 @@ class GradualPruner:
             self.masks.apply()
 
     def _update(self, step: int) -> None:  # not under no_grad: gradient criteria (taylor, snip) need autograd
-        from torchslim.prune.magnitude import prune_
-
         fresh = prune_(self.model, self.cfg, sparsity=self.levels(self.target(step)), data=self.data)
         for name, mask in fresh.masks.items():
             self.masks.masks[name].copy_(mask)
+        attach_masks(self.model, self.masks)  # the held masks (saved in checkpoints) stay the model's masks
 
 
 def gradual_prune(model: nn.Module, cfg: PruneConfig, data: DataBundle, train: TrainConfig, *, seed: int = 0,
                   checkpoint: str | Path | None = None, stage: str = "prune", log: Callable[[str], None] = print,
                   levels: Callable[[float], float | Mapping[str, float]] | None = None) -> tuple[Masks, FitResult]:
     """Fine-tune `model` in place while its sparsity follows the AGP ramp to ``cfg.sparsity``; returns
-    (the held masks, ``fit``'s result).
+    (the held masks, also attached to the model, and ``fit``'s result).
 
     With ``train.keep == "best"`` only epochs that end after the ramp, at the final sparsity, can be kept. A
     `checkpoint` makes the stage resumable: masks and step counter are saved with the training state.
@@ -226,9 +307,6 @@ def lottery_masks(model: nn.Module, cfg: PruneConfig, rates: Mapping[str, float]
     layer at its rate; ``global`` ranks all layers but the output layer together (at the common rate), and the output
     layer alone at its own rate, as in Frankle & Carbin's global pruning of deeper nets.
     """
-    from torchslim.prune.criteria import CRITERIA
-    from torchslim.prune.magnitude import Masks, masks_from_scores, prunable_layers
-
     layers = prunable_layers(model, cfg.exclude)
     scores = CRITERIA.get(cfg.criterion)(layers, model=model, data=data, norm=cfg.norm, batches=cfg.criterion_batches)
     levels = {name: lottery_sparsity(rates[name], rounds_done) for name in layers}
@@ -262,13 +340,13 @@ def lottery_ticket(model: nn.Module, cfg: PruneConfig, data: DataBundle, train: 
     θ_k (pruned weights exactly 0) and trains again with the masks held. With ``cfg.reinit`` the last round instead
     starts the same masks from ``fresh_init()`` (default: :func:`reinitialize_` of a copy, seeded): Frankle & Carbin's
     random re-initialization control. `checkpoint(k)` gives round k's checkpoint file (resumable); `after_round(k,
-    model, masks)` runs after each round's training (``masks`` is None for round 0).
+    model, masks)` runs after each round's training (``masks`` is None for round 0). Each round's masks are attached
+    to the model (:func:`~torchslim.prune.masks.attach_masks`), so later training holds the last ones.
 
     Example:
         >>> cfg = PruneConfig(schedule="lottery", rounds=5, lottery_rate=0.2)               # doctest: +SKIP
         >>> result = lottery_ticket(create_model("lenet-300-100"), cfg, data, TrainConfig(epochs=5))   # doctest: +SKIP
     """
-    from torchslim.prune.magnitude import prunable_layers
     from torchslim.training import dist
     from torchslim.training.loop import fit
 
@@ -282,6 +360,7 @@ def lottery_ticket(model: nn.Module, cfg: PruneConfig, data: DataBundle, train: 
         raise TorchslimError("prune: the model has no Conv/Linear layers left to prune (check prune.exclude)")
     rates = lottery_rates(list(layers), cfg.lottery_rate, cfg.lottery_output_rate, output_layer(model))
     ckpt = checkpoint or (lambda k: None)
+    detach_masks(model)  # round 0 trains the dense network
 
     # Round 0: the dense network. θ_k is captured after step k·(steps per epoch); it lives in the checkpoint's
     # extra state with the step counter, so that a resumed round 0 still rewinds to the same weights.
@@ -310,7 +389,7 @@ def lottery_ticket(model: nn.Module, cfg: PruneConfig, data: DataBundle, train: 
             start = fresh_init() if fresh_init is not None else \
                 reinitialize_(copy.deepcopy(model), seed + 1_000_003).state_dict()
         model.load_state_dict(start)
-        masks.apply()
+        attach_masks(model, masks).apply()
         if k == cfg.rounds:
             result.ticket = _clone_state(model)
         log(f"[{stage}] round {k}: {100 * masks.overall():.1f}% pruned, survivors "
@@ -322,8 +401,6 @@ def lottery_ticket(model: nn.Module, cfg: PruneConfig, data: DataBundle, train: 
         if after_round is not None:
             after_round(k, model, masks)
     if result.masks is None:  # rounds = 0 is refused by the config; kept for direct callers
-        from torchslim.prune.magnitude import Masks
-
         result.masks = Masks(layers, {n: (m.weight != 0).float() for n, m in layers.items()})
     return result
 
@@ -334,3 +411,73 @@ def _round_record(k: int, layers: Mapping[str, nn.Module], fitted: FitResult) ->
     return {"round": k, "sparsity": zeros / total,
             "kept": {n: float((m.weight != 0).float().mean()) for n, m in layers.items()},
             "history": fitted.history, "best_epoch": fitted.best_epoch, "best_val_accuracy": fitted.best_val_accuracy}
+
+
+def prune_with_schedule(model: nn.Module, cfg: PruneConfig, data: DataBundle, train: TrainConfig, *, seed: int = 0,
+                        checkpoint: str | Path | None = None, round_checkpoint: RoundCheckpoint | None = None,
+                        stage: str = "prune", log: Log = print,
+                        fresh_init: Callable[[int], tuple[nn.Module, str]] | None = None) -> tuple[nn.Module, dict]:
+    """Prune on the schedule ``cfg.schedule`` names, with its training; return (the pruned model, its record).
+
+    * ``oneshot`` / ``iterative``: :func:`iterative_prune` on `model` in place (``round_checkpoint(k)`` per round).
+    * ``gradual``: :func:`gradual_prune` on `model` in place, ``fit(seed=seed + 1)``, resumable from `checkpoint`;
+      with ``scope: sensitivity`` every mask update follows the per-layer plan measured on the incoming model.
+    * ``lottery``: :func:`lottery_ticket` retrains from scratch: `model` gives the architecture only. θ_0 is
+      ``fresh_init(seed)`` — a callable seed → (new model, how it was made), e.g. the model's factory — or, without
+      one, :func:`reinitialize_` of a copy of `model`; ``fresh_init(seed + 1)`` is the ``reinit`` control's start.
+      The returned model is that new one.
+
+    The record (JSON-ready) has ``sparsity`` (per layer), ``overall_sparsity`` and ``prune`` (cfg as a dict); and
+    ``rounds`` (oneshot, iterative, lottery), ``history`` / ``best_epoch`` / ``best_val_accuracy`` (gradual, lottery:
+    the last training), ``init`` (lottery: how θ_0 was made), ``sensitivity`` (scope: sensitivity), ``nm_storage``
+    (an N:M pattern). The masks stay attached to the returned model, so later training keeps its zeros.
+
+    Example:
+        >>> from torchslim.data import load_dataset
+        >>> from torchslim.models import create_model
+        >>> from torchslim.training import TrainConfig
+        >>> data = load_dataset("digits")
+        >>> model = create_model("mlp", input_shape=data.input_shape, widths=[32])
+        >>> cfg = PruneConfig(schedule="gradual", sparsity=0.8, update_every=5)
+        >>> model, info = prune_with_schedule(model, cfg, data, TrainConfig(epochs=1), log=lambda s: None)
+        >>> round(info["overall_sparsity"], 2)
+        0.8
+    """
+    cfg = _prune_config(cfg)
+    if cfg.schedule in ("oneshot", "iterative"):
+        return model, iterative_prune(model, cfg, data, train, seed=seed, checkpoint=round_checkpoint, stage=stage,
+                                      log=log)
+    if cfg.schedule == "gradual":
+        plan = _sensitivity_plan(model, cfg, data, stage, log)
+        masks, fitted = gradual_prune(model, cfg, data, train, seed=seed + 1, checkpoint=checkpoint, stage=stage,
+                                      log=log, levels=_plan_levels(plan))
+        log(f"[{stage}] gradual: {100 * cfg.initial_sparsity:.0f}% → {100 * masks.overall():.1f}% sparsity "
+            f"({cfg.scope}, {cfg.criterion}, masks updated every {cfg.update_every} steps)")
+        info = {"sparsity": masks.sparsity(), "overall_sparsity": masks.overall(), "prune": cfg.model_dump(),
+                **_fit_info(fitted)}
+        if plan is not None:
+            info["sensitivity"] = plan
+        return model, info
+    if cfg.schedule == "lottery":
+        init = fresh_init or (lambda s: (reinitialize_(copy.deepcopy(model), s),
+                                         f"reset_parameters of the current model, seed {s}"))
+        fresh, how = init(seed)
+        detach_masks(fresh)  # a new initialization has no zeros to hold
+        log(f"[{stage}] lottery ticket: retraining from a fresh initialization ({how}); {cfg.rounds} rounds at "
+            f"{100 * cfg.lottery_rate:g}% per round ({100 * cfg.lottery_output_rate:g}% for the output layer), "
+            f"rewinding to epoch {cfg.rewind_epoch}" + (", random re-init for the last round" if cfg.reinit else ""))
+        result = lottery_ticket(fresh, cfg, data, train, seed=seed,
+                                fresh_init=lambda: init(seed + 1)[0].state_dict(),
+                                checkpoint=round_checkpoint, stage=stage, log=log)
+        last = result.rounds[-1]
+        info = {"sparsity": result.masks.sparsity(), "overall_sparsity": result.masks.overall(), "init": how,
+                "rounds": result.rounds, "prune": cfg.model_dump(),
+                **{k: last[k] for k in ("history", "best_epoch", "best_val_accuracy")}}
+        return fresh, info
+    raise TorchslimError(f"unknown prune schedule '{cfg.schedule}'; valid choices: gradual, iterative, lottery, "
+                         f"oneshot")
+
+
+__all__ = ["GradualPruner", "LotteryResult", "agp_sparsity", "agp_update_steps", "gradual_prune", "iterative_prune",
+           "iterative_targets", "lottery_masks", "lottery_rates", "lottery_sparsity", "lottery_ticket",
+           "output_layer", "prune_with_schedule", "ramp_steps", "reinitialize_", "steps_per_epoch"]

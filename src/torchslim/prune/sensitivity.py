@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.prune.magnitude import masks_from_scores, prunable_layers
+from torchslim.prune.criteria import CRITERIA
+from torchslim.prune.masks import masks_from_scores, prunable_layers
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
@@ -98,8 +99,6 @@ def layer_sensitivity(
         >>> result["curves"]["fc1"]                                                       # doctest: +SKIP
         [(0.5, 0.97), (0.9, 0.91)]
     """
-    from torchslim.prune.criteria import CRITERIA
-
     levels = _check_sparsities(sparsities)
     x, y = _val_rows(data, batches)
     layers = prunable_layers(model, list(exclude))

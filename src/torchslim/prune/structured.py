@@ -9,6 +9,8 @@ result by counting the MACs of the pruned model itself.
     info = prune_channels_(model, ChannelPruneConfig(macs_reduction=2.0), torch.zeros(1, 1, 28, 28))
     info["macs_after"] <= info["macs_before"] / 2      # True
 
+:func:`prune_channels_to_target` reaches the target in ``cfg.rounds`` rounds with fine-tuning in between.
+
 Importance criteria (`torchslim list channel-importances`) are registered in ``CHANNEL_IMPORTANCE``: each entry
 gets the model, the data and the config, prepares what it needs (gradients, for Taylor) and returns a Torch-Pruning
 importance (a callable: one coupled group of layers in, one score per channel out).
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +34,12 @@ from torch.nn.modules.conv import _ConvNd
 
 from torchslim.config import Config
 from torchslim.errors import TorchslimError
+from torchslim.prune.masks import detach_masks
 from torchslim.registry import Registry
+
+if TYPE_CHECKING:
+    from torchslim.data import DataBundle
+    from torchslim.training.config import TrainConfig
 
 # The ratio is stepped in this many increments (each removes ~max_pruning_ratio/200 of the channels) until the
 # measured MACs reach the target: fine enough to stop within about half a percent of the MACs of the target.
@@ -135,10 +143,12 @@ def prune_channels_(model: nn.Module, cfg: ChannelPruneConfig, example_inputs: t
 
     `target_macs` defaults to the model's MACs / ``cfg.macs_reduction`` (one round); a multi-round schedule passes
     ``cfg.round_targets(original_macs)[k]``. The pruning ratio is stepped up in small increments and the MACs of the
-    pruned model are counted after each one (:func:`torchslim.evaluation.measure.count_macs`, one sample of
-    `example_inputs`' shape), so the target is met as measured, whatever the per-layer widths turn out to be.
-    `data` (a DataBundle) is needed by the taylor importance only. The returned dict holds MACs and parameters
-    before and after, the reduction reached, and per layer the output channels ``[before, after]``.
+    pruned model are counted after each one (:func:`torchslim.models.counting.count_macs` on the first sample of
+    `example_inputs`, which has a batch axis), so the target is met as measured, whatever the per-layer widths turn
+    out to be. `data` (a DataBundle) is needed by the taylor importance only. The returned dict holds MACs and
+    parameters before and after, the reduction reached, and per layer the output channels ``[before, after]``.
+    Pruning masks attached to the model (:func:`~torchslim.prune.masks.prune_`) no longer fit the narrower layers
+    and are detached.
 
     Example:
         >>> model = create_model("resnet8", input_shape=(1, 16, 16))                             # doctest: +SKIP
@@ -148,10 +158,10 @@ def prune_channels_(model: nn.Module, cfg: ChannelPruneConfig, example_inputs: t
     """
     import torch_pruning as tp
 
-    from torchslim.evaluation.measure import count_macs, count_params
+    from torchslim.models.counting import count_macs, count_params
 
-    shape = tuple(example_inputs.shape[1:])
-    macs_before, params_before = count_macs(model, shape), count_params(model)[0]
+    one = example_inputs[:1]  # MACs of one sample
+    macs_before, params_before = count_macs(model, one), count_params(model)[0]
     target = int(macs_before / cfg.macs_reduction) if target_macs is None else int(target_macs)
     before = _widths(model)
     was_training = model.training
@@ -170,7 +180,7 @@ def prune_channels_(model: nn.Module, cfg: ChannelPruneConfig, example_inputs: t
             while macs > target and steps < _STEPS:
                 pruner.step()
                 steps += 1
-                macs = count_macs(model, shape)
+                macs = count_macs(model, one)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)
@@ -180,10 +190,70 @@ def prune_channels_(model: nn.Module, cfg: ChannelPruneConfig, example_inputs: t
             f"max_pruning_ratio={cfg.max_pruning_ratio} and {len(cfg.exclude)} exclude pattern(s); raise "
             f"max_pruning_ratio, exclude fewer layers, or ask for a smaller macs_reduction")
     after = _widths(model)
+    if after != before:  # attached pruning masks (prune_) no longer fit the narrower layers
+        detach_masks(model)
     return {"importance": cfg.importance, "scope": cfg.scope, "target_macs": target, "macs_before": macs_before,
             "macs_after": macs, "macs_reduction": macs_before / macs, "params_before": params_before,
             "params_after": count_params(model)[0], "steps": steps,
             "channels": {name: [before[name], after[name]] for name in after}}
+
+
+def _channel_config(cfg: ChannelPruneConfig) -> ChannelPruneConfig:
+    """The ChannelPruneConfig part of `cfg` (a recipe stage is one with fields of its own): what gets recorded."""
+    return cfg if type(cfg) is ChannelPruneConfig else ChannelPruneConfig.model_validate(
+        cfg.model_dump(include=set(ChannelPruneConfig.model_fields)))
+
+
+def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: DataBundle, train: TrainConfig, *,
+                             example_inputs: torch.Tensor, seed: int = 0,
+                             checkpoint: Callable[[int], str | Path | None] | None = None,
+                             stage: str = "prune_channels", log: Callable[[str], None] = print) -> dict:
+    """Remove channels from `model` in place until it has ``cfg.macs_reduction``× fewer MACs, in ``cfg.rounds``
+    rounds (the same reduction factor each), fine-tuning for ``train.epochs`` after each round; return the record.
+
+    Round k prunes to ``cfg.round_targets(macs)[k]`` with :func:`prune_channels_`, then trains with
+    ``fit(seed=seed + k)`` and ``checkpoint(k)`` as its checkpoint file (pruning is deterministic, so a resumed run
+    rebuilds the same shapes before the round's checkpoint loads). MACs are counted on one sample of
+    `example_inputs` (a tensor with a batch axis, e.g. ``torch.zeros(1, *data.input_shape)``), which is also what
+    Torch-Pruning traces.
+
+    Returns ``{"macs_before", "macs_after", "macs_reduction", "params_before", "params_after", "channels":
+    {layer: [before, after]}, "rounds": [{"target_macs", "macs", "params", "history", "best_epoch",
+    "best_val_accuracy"}], "prune_channels": cfg as a dict}`` (JSON-ready).
+
+    Example:
+        >>> from torchslim.data import load_dataset
+        >>> from torchslim.models import create_model
+        >>> from torchslim.training import TrainConfig
+        >>> data = load_dataset("digits")
+        >>> model = create_model("mlp", input_shape=data.input_shape, widths=[64])
+        >>> info = prune_channels_to_target(model, ChannelPruneConfig(macs_reduction=2.0, rounds=2), data,
+        ...                                 TrainConfig(epochs=1), example_inputs=torch.zeros(1, *data.input_shape),
+        ...                                 log=lambda s: None)
+        >>> info["macs_reduction"] >= 2.0, len(info["rounds"])
+        (True, 2)
+    """
+    from torchslim.models.counting import count_macs, count_params
+    from torchslim.training.loop import fit
+
+    cfg = _channel_config(cfg)
+    macs, params = count_macs(model, example_inputs[:1]), count_params(model)[0]
+    ckpt = checkpoint or (lambda k: None)
+    widths, rounds = None, []
+    for k, target in enumerate(cfg.round_targets(macs), start=1):
+        pruned = prune_channels_(model, cfg, example_inputs, data=data, target_macs=target)
+        widths = widths or {layer: c[0] for layer, c in pruned["channels"].items()}
+        log(f"[{stage}] round {k}: {pruned['macs_after']:,} MACs ({macs / pruned['macs_after']:.2f}x fewer), "
+            f"{pruned['params_after']:,} parameters ({cfg.importance}, {cfg.scope})")
+        fitted = fit(model, data.train, data.val, train, seed=seed + k, checkpoint=ckpt(k), stage=f"{stage} round {k}",
+                     log=log) if train.epochs else None
+        rounds.append({"target_macs": target, "macs": pruned["macs_after"], "params": pruned["params_after"],
+                       **({"history": fitted.history, "best_epoch": fitted.best_epoch,
+                           "best_val_accuracy": fitted.best_val_accuracy} if fitted else {})})
+    return {"macs_before": macs, "macs_after": rounds[-1]["macs"], "macs_reduction": macs / rounds[-1]["macs"],
+            "params_before": params, "params_after": rounds[-1]["params"],
+            "channels": {layer: [widths[layer], c[1]] for layer, c in pruned["channels"].items()},
+            "rounds": rounds, "prune_channels": cfg.model_dump()}
 
 
 def _widths(model: nn.Module) -> dict[str, int]:

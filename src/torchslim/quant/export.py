@@ -9,6 +9,9 @@ Widths below 8 bits use the 8-bit containers: weights simply hold values in the 
 narrower than its container is clamped by Q→DQ→Clip→Q→DQ (the Clip lies on grid points, so the second Q is exact and
 both stay fusable), so the file computes what the fake-quant model computes.
 
+:func:`export_qdq_verified` also runs the file in ONNX Runtime and records how well it agrees with the fake-quant model
+and with the float model, and which kernels ONNX Runtime chose.
+
 Example:
     >>> qmodel = ptq(model, QuantConfig(), data.train.tensors[0])                 # doctest: +SKIP
     >>> export_qdq(qmodel, "runs/x/int8.onnx", data.input_shape)                # doctest: +SKIP
@@ -180,22 +183,35 @@ def _export_copy(fq_model: nn.Module) -> nn.Module:
     return model
 
 
-def export_qdq(fq_model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...], *,
-               opset: int = 17) -> Path:
+def _example(input_shape: tuple[int, ...] | None, example_inputs: torch.Tensor | None, what: str) -> torch.Tensor:
+    """The tensor the exporter traces with: `example_inputs` as given, or zeros of one sample of `input_shape`."""
+    if (input_shape is None) == (example_inputs is None):
+        raise TorchslimError(f"{what}: give exactly one of input_shape (one sample's shape, e.g. (1, 28, 28)) or "
+                             f"example_inputs (a tensor with a batch axis)")
+    return torch.zeros(1, *input_shape) if example_inputs is None else example_inputs
+
+
+def export_qdq(fq_model: nn.Module, path: str | os.PathLike, input_shape: tuple[int, ...] | None = None, *,
+               example_inputs: torch.Tensor | None = None, opset: int = 17) -> Path:
     """Write the fake-quant model `fq_model` (from :func:`ptq`, :func:`qat` or :func:`prepare` + :func:`calibrate`)
     as a QDQ ONNX model with its own grids and int8 weights, a dynamic batch axis, atomically.
+
+    The exporter traces the model on `example_inputs` (a tensor with a batch axis) or, instead, on zeros of one
+    sample of `input_shape` (no batch axis); give one of them.
 
     Example:
         >>> export_qdq(ptq(model, QuantConfig(), x_train), "m.int8.onnx", (1, 8, 8))   # doctest: +SKIP
         PosixPath('m.int8.onnx')
+        >>> export_qdq(qmodel, "m.int8.onnx", example_inputs=x_test[:1])               # doctest: +SKIP
+        PosixPath('m.int8.onnx')
     """
     import onnx
 
+    example = _example(input_shape, example_inputs, "export_qdq")
     if opset < 13:
         raise TorchslimError(f"export_qdq: opset {opset} has no per-channel DequantizeLinear; valid: 13 or later")
     path = Path(path)
     model = _export_copy(fq_model)
-    example = torch.zeros(1, *input_shape)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "qdq.onnx"
         with warnings.catch_warnings():
@@ -250,3 +266,41 @@ def ort_kernels(path: str | os.PathLike) -> dict[str, int]:
         opts.log_severity_level = 3
         ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         return dict(collections.Counter(node.op_type for node in onnx.load(str(optimized)).graph.node))
+
+
+def export_qdq_verified(qmodel: nn.Module, reference: nn.Module, path: str | os.PathLike, test_inputs: torch.Tensor, *,
+                        example_inputs: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
+                        opset: int = 17, threads: int = 1) -> dict:
+    """:func:`export_qdq` the fake-quant `qmodel` to `path`, then run the file in ONNX Runtime on `test_inputs` and
+    compare it with `qmodel` itself and with `reference` (the float model it was quantized from).
+
+    `example_inputs` (a tensor with a batch axis) or `input_shape` (one sample's shape) is what the exporter traces;
+    without either, the first row of `test_inputs` is. `threads` is ONNX Runtime's intra-op thread count.
+
+    Returns (JSON-ready) ``{"verification": ..., "vs_fp32": ..., "kernels": {node type: count}}``: "verification"
+    compares ONNX Runtime with the fake-quant model and "vs_fp32" with `reference`, each as ``{"max_abs_diff",
+    "top1_agreement", "samples"}`` (:func:`torchslim.export.onnx.compare_logits`); "kernels" are the node types of
+    the graph ONNX Runtime runs (:func:`ort_kernels`: integer kernels such as QLinearConv show that it fused the QDQ
+    pairs).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from torchslim.quant import QuantConfig, ptq
+        >>> model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+        >>> x = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+        >>> qmodel = ptq(model, QuantConfig(), x)
+        >>> info = export_qdq_verified(qmodel, model, "/tmp/mlp.int8.onnx", x)       # doctest: +SKIP
+        >>> info["verification"]["top1_agreement"]                                   # doctest: +SKIP
+        1.0
+    """
+    from torchslim.export.onnx import compare_logits, ort_logits, ort_session
+    from torchslim.training.loop import predict
+
+    if example_inputs is None and input_shape is None:
+        example_inputs = test_inputs[:1]
+    path = export_qdq(qmodel, path, input_shape, example_inputs=example_inputs, opset=opset)
+    onnx_logits = ort_logits(ort_session(path, threads), test_inputs)
+    return {"verification": compare_logits(predict(qmodel, test_inputs).numpy(), onnx_logits),
+            "vs_fp32": compare_logits(predict(reference, test_inputs).numpy(), onnx_logits),
+            "kernels": ort_kernels(path)}

@@ -10,6 +10,8 @@ Three steps, each usable alone:
   back to 8 bits, then to float, one at a time, until the accuracy is within a tolerance of fp32; every trial is kept
   for the report.
 
+:func:`mixed_precision` runs them in order, for a size budget or an accuracy tolerance, and returns the record.
+
 Every result is an ordinary :class:`QuantConfig` (``per_layer_bits`` + ``exclude``), so ``ptq``/``qat``/``export_qdq``
 take it as is.
 
@@ -21,7 +23,7 @@ Example:
     >>> rows = layer_sensitivity(model, QuantConfig(), data, bits=(2, 8))
     >>> [(r["layer"], r["bits"]) for r in rows]
     [('fc1', 2), ('fc1', 8), ('fc2', 2), ('fc2', 8)]
-    >>> bits = allocate_bits(model, rows, budget_bytes=weight_bytes(model, 8))
+    >>> bits = allocate_bits(model, rows, budget_bytes=weight_bytes(model, 8), choices=(2, 8, 32))
     >>> weight_bytes(model, bits) <= weight_bytes(model, 8)
     True
 """
@@ -41,7 +43,7 @@ from torch import nn
 from torchslim.errors import TorchslimError, unknown_choice
 from torchslim.quant.fakequant import FakeQuant
 from torchslim.quant.prepare import _QuantLayer, calibrate, calibration_rows, prepare
-from torchslim.quant.spec import QuantConfig
+from torchslim.quant.config import QuantConfig
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
@@ -358,6 +360,54 @@ def accuracy_aware(model: nn.Module, cfg: QuantConfig, data: DataBundle, toleran
     return QuantConfig.model_validate(best["config"]), trials
 
 
+def mixed_precision(model: nn.Module, cfg: QuantConfig, data: DataBundle, *, budget: float | None = None,
+                    tolerance_points: float | None = None, choices: Sequence[int] = (2, 4, 8, FLOAT), seed: int = 0,
+                    log: Callable[[str], None] = print) -> tuple[QuantConfig, dict]:
+    """Choose a weight width per layer of `model` — for a size `budget` or an accuracy `tolerance_points` (give
+    exactly one) — and return (the per-layer QuantConfig, the record of how it was chosen).
+
+    First :func:`layer_sensitivity` at every width of `choices` below 32, on the validation split (the test split
+    when `data` has none). Then, with `budget` (weight bytes as a fraction of uniform int8, e.g. 0.6):
+    :func:`allocate_bits` over `choices` under ``budget × weight_bytes(model, 8)``; with `tolerance_points`:
+    :func:`accuracy_aware` from uniform ``cfg.weight.bits`` until within that many points of fp32. The model is not
+    changed; quantize it with ``ptq(model, config, ...)``.
+
+    The record (JSON-ready): ``quant`` (cfg as a dict), ``sensitivity`` (the rows), ``split``, ``budget_bytes``
+    (budget) or ``trials`` (tolerance), ``bits`` (per layer, 32 = float), ``weight_bytes`` (packed, at those bits)
+    and ``int8_weight_bytes``.
+
+    Example:
+        >>> from torchslim.data import load_dataset
+        >>> from torchslim.models import create_model
+        >>> data = load_dataset("digits")
+        >>> model = create_model("mlp", input_shape=data.input_shape, widths=[32])
+        >>> qcfg, info = mixed_precision(model, QuantConfig(), data, budget=0.5, choices=(2, 4, 8))
+        >>> info["weight_bytes"] <= 0.5 * info["int8_weight_bytes"]
+        True
+    """
+    if (budget is None) == (tolerance_points is None):
+        raise TorchslimError(f"mixed_precision: give exactly one of budget (a fraction of the int8 weight bytes) or "
+                             f"tolerance_points (an accuracy drop), got budget={budget}, "
+                             f"tolerance_points={tolerance_points}")
+    if type(cfg) is not QuantConfig:  # e.g. a recipe stage: a QuantConfig with fields of its own
+        cfg = QuantConfig.model_validate(cfg.model_dump(include=set(QuantConfig.model_fields)))
+    split: Split = "val" if data.val is not None else "test"
+    rows = layer_sensitivity(model, cfg, data, bits=[b for b in choices if b < FLOAT], split=split, seed=seed)
+    info: dict = {"quant": cfg.model_dump(), "sensitivity": rows, "split": split}
+    if budget is not None:
+        budget_bytes = budget * weight_bytes(model, 8)
+        bits = allocate_bits(model, rows, budget_bytes, choices)
+        cfg = config_for(cfg, bits)
+        info.update(budget_bytes=budget_bytes)
+    else:
+        cfg, trials = accuracy_aware(model, cfg, data, tolerance_points, sensitivity_rows=rows, split=split,
+                                     seed=seed, log=log)
+        bits = next(t["bits"] for t in trials if t["config"] == cfg.model_dump())
+        info.update(trials=trials)
+    info.update(bits=bits, weight_bytes=weight_bytes(model, bits), int8_weight_bytes=weight_bytes(model, 8))
+    return cfg, info
+
+
 def plot_sensitivity(rows: Sequence[dict], path: str | os.PathLike, *, metric: str = "drop",
                      title: str = "Per-layer weight sensitivity") -> Path:
     """A PNG with one line per bit width: `metric` ("drop" in points, or "kl") of each layer quantized alone, on a
@@ -393,5 +443,5 @@ def plot_sensitivity(rows: Sequence[dict], path: str | os.PathLike, *, metric: s
     return path
 
 
-__all__ = ["FLOAT", "accuracy_aware", "allocate_bits", "config_for", "layer_sensitivity", "plot_sensitivity",
-           "quantizable_layers", "sensitivity_order", "weight_bytes"]
+__all__ = ["FLOAT", "accuracy_aware", "allocate_bits", "config_for", "layer_sensitivity", "mixed_precision",
+           "plot_sensitivity", "quantizable_layers", "sensitivity_order", "weight_bytes"]
