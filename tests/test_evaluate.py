@@ -39,6 +39,7 @@ FAST = LatencyConfig(warmup=1, min_runs=3, max_runs=30, max_seconds=0.02, batch_
 RECORD_KEYS = {
     "name", "stage", "runtime", "path", "accuracy", "errors", "params", "nonzero_params", "macs", "file_bytes",
     "file_bytes_lzma", "latency_ms", "threads", "vs_teacher", "vs_student", "info",
+    "metrics", "primary_metric", "size_source",
 }
 
 

@@ -30,7 +30,9 @@ _EXPORTS = {
     "prepare": "torchslim.quant", "calibrate": "torchslim.quant", "fold_batchnorm": "torchslim.quant",
     "export_qdq": "torchslim.quant",
     "export_onnx": "torchslim.export", "verify_onnx": "torchslim.export", "ExportConfig": "torchslim.export",
-    "evaluate": "torchslim.evaluation", "LatencyConfig": "torchslim.evaluation",
+    "evaluate": "torchslim.evaluation", "LatencyConfig": "torchslim.evaluation", "Evaluation": "torchslim.evaluation",
+    "Task": "torchslim.tasks", "ImageClassification": "torchslim.tasks", "TextClassification": "torchslim.tasks",
+    "get_task": "torchslim.tasks", "predict": "torchslim.training",
     "load_recipe": "torchslim.recipe", "Recipe": "torchslim.recipe", "run_recipe": "torchslim.pipeline",
     "save_checkpoint": "torchslim.io", "load_checkpoint": "torchslim.io",
 }

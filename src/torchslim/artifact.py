@@ -14,7 +14,8 @@ Runtime = Literal["pytorch", "onnxruntime"]
 class Artifact:
     """A deployable model.
 
-    ``path`` is the file a user would ship (``.safetensors`` for PyTorch, ``.onnx`` for ONNX Runtime).
+    ``path`` is the file a user would ship (``.safetensors`` for PyTorch, ``.onnx`` for ONNX Runtime); None for a
+    PyTorch model held only in memory (evaluation then measures its safetensors serialization in memory).
     ``model`` is the PyTorch module: the one that runs for ``runtime="pytorch"``, and the module the ONNX file was
     made from otherwise (used for parameter and MAC counts, which do not change on export).
     ``info`` holds stage-specific facts for the report (per-layer sparsity, ONNX verification, quantization config).
@@ -23,6 +24,6 @@ class Artifact:
     name: str
     stage: str
     runtime: Runtime
-    path: Path
+    path: Path | None
     model: nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)

@@ -3,18 +3,21 @@ general objective (feature losses, several teachers) built by :mod:`torchslim.di
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from torchslim.distillation.config import KDConfig
 from torchslim.distillation.losses import kd_loss
-from torchslim.training.config import TrainConfig
+from torchslim.errors import TorchslimError
+from torchslim.tasks import forward
 from torchslim.training import dist
-from torchslim.training.loop import FitResult, fit, predict
+from torchslim.training.config import TrainConfig
+from torchslim.training.loop import FitResult, _is_tensor_dataset, fit, predict, split_batch, split_inputs, splits
 
 
-def teacher_logits(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def teacher_logits(teacher: nn.Module, x: Any) -> torch.Tensor:
     """The teacher's logits on every training input, computed once (the "soft labels first" recipe)."""
     return predict(teacher, x)
 
@@ -28,17 +31,23 @@ def _freeze(teacher: nn.Module) -> None:
 def distill(
     student: nn.Module,
     teacher: nn.Module | Mapping[str, nn.Module],
-    data,
+    data: Any,
     kd: KDConfig,
     train: TrainConfig,
     *,
+    val: Any | None = None,
     seed: int = 0,
     checkpoint=None,
     stage: str = "distill",
     log: Callable[[str], None] = print,
 ) -> FitResult:
-    """Train `student` in place from the teacher(s) and the labels of `data.train` (validated on `data.val`, a
-    DataBundle or anything with those two splits).
+    """Train `student` in place from the teacher(s) and the labels of the training data.
+
+    `data` is a DataBundle (or anything with `train` and `val` splits: trained on `data.train`, validated on
+    `data.val` unless `val` is given), or a DataLoader / re-iterable of ``(inputs, labels)`` batches (validated on
+    `val`), whose inputs are a tensor or a mapping of tensors (``model(**inputs)``). On a TensorDataset split the
+    teacher's logits are computed once and cached when the inputs allow it (``kd.cache_teacher``); on a loader the
+    teacher runs on every batch, since a loader's batches (their order, their augmentation) are its own.
 
     `teacher` is one model, or several by name ({"a": resnet20, "b": resnet32}) combined by `kd.teacher_weights`.
     Without `kd.losses` and with one teacher this is Hinton KD exactly as always; with `kd.losses` the objective is
@@ -46,47 +55,59 @@ def distill(
 
     Example:
         >>> distill(student, teacher, data, KDConfig(temperature=4), TrainConfig(epochs=5))  # doctest: +SKIP
+        >>> distill(student, teacher, train_loader, KDConfig(), TrainConfig(epochs=5), val=val_loader)  # doctest: +SKIP
         >>> kd = KDConfig(losses=["kd", {"name": "fitnet", "student": "layer2", "teacher": "layer3"}])
         >>> distill(student, {"a": t1, "b": t2}, data, kd, TrainConfig(epochs=5))  # doctest: +SKIP
     """
     teachers = dict(teacher) if isinstance(teacher, Mapping) else {"teacher": teacher}
     for t in teachers.values():
         _freeze(t)
+    train_set, val_set = splits(data, val)
+    rows_in_memory = _is_tensor_dataset(train_set)
     # Cached logits are only valid for the exact inputs they were computed on: with jitter each epoch sees new
     # inputs, so the teacher must run on the fly.
-    cache = kd.cache_teacher == "always" or (kd.cache_teacher == "auto" and not train.jitter)
+    cache = rows_in_memory and (kd.cache_teacher == "always" or (kd.cache_teacher == "auto" and not train.jitter))
+    if not rows_in_memory and kd.cache_teacher == "always":
+        log(f"[{stage}] the training data is a loader: the teacher runs on every batch (cache_teacher: always "
+            f"needs a TensorDataset)")
     if kd.losses or len(teachers) > 1:
-        return _distill_objective(student, teachers, data, kd, train, cache, seed, checkpoint, stage, log)
+        return _distill_objective(student, teachers, train_set, val_set, kd, train, cache, seed, checkpoint, stage,
+                                  log)
     teacher = next(iter(teachers.values()))
-    x, y = data.train.tensors[:2]
     if cache:
+        x, y = train_set.tensors[:2]
         log(f"[{stage}] caching teacher logits on {len(x)} training inputs")
         # Under torchrun rank 0 computes them once and shares them; no rank repeats the teacher's work.
-        t_logits = dist.broadcast(teacher_logits(teacher, x) if dist.is_main() else None,
-                                  (len(x), teacher(x[:1]).shape[1]))
+        with torch.no_grad():
+            classes = forward(teacher, x[:1]).shape[1]
+        t_logits = dist.broadcast(teacher_logits(teacher, x) if dist.is_main() else None, (len(x), classes))
         rows = torch.utils.data.TensorDataset(x, y, t_logits)
 
         def loss_fn(model, xb, yb, tb):
-            s = model(xb)
+            s = forward(model, xb)
             loss = kd_loss(s, tb, yb, kd.temperature, kd.alpha)
             return loss, s, {"kd": loss.detach()}
     else:
-        rows = torch.utils.data.TensorDataset(x, y)
+        rows = torch.utils.data.TensorDataset(*train_set.tensors[:2]) if rows_in_memory else train_set
 
-        def loss_fn(model, xb, yb):
+        def loss_fn(model, xb, yb, *extra):
             with torch.no_grad():
-                tb = teacher(xb)
-            s = model(xb)
+                tb = forward(teacher, xb)
+            s = forward(model, xb)
             loss = kd_loss(s, tb, yb, kd.temperature, kd.alpha)
             return loss, s, {"kd": loss.detach()}
 
-    return fit(student, rows, data.val, train, loss_fn=loss_fn, seed=seed, checkpoint=checkpoint, stage=stage, log=log)
+    return fit(student, rows, val_set, train, loss_fn=loss_fn, seed=seed, checkpoint=checkpoint, stage=stage, log=log)
 
 
-def _distill_objective(student, teachers, data, kd, train, cache, seed, checkpoint, stage, log) -> FitResult:
+def _distill_objective(student, teachers, train_set, val_set, kd, train, cache, seed, checkpoint, stage, log
+                       ) -> FitResult:
     from torchslim.distillation.objective import build_objective
 
-    x, y = data.train.tensors[:2]
+    if not _is_tensor_dataset(train_set):
+        return _distill_objective_on_loader(student, teachers, train_set, val_set, kd, train, seed, checkpoint,
+                                            stage, log)
+    x, y = train_set.tensors[:2]
     objective = build_objective(student, teachers, kd, x[: min(len(x), 64)], y)
     rows = [x, y, torch.arange(len(x))]  # the row index: CRD's memory bank is addressed by it
     if cache and objective.sources:
@@ -98,20 +119,48 @@ def _distill_objective(student, teachers, data, kd, train, cache, seed, checkpoi
                 each = {n: teacher_logits(t, x) for n, t in teachers.items() if source is None or n == source}
                 logits = objective.teacher_logits(x, source, each)
             with torch.no_grad():
-                classes = next(iter(teachers.values()))(x[:1]).shape[1]
+                classes = forward(next(iter(teachers.values())), x[:1]).shape[1]
             rows.append(dist.broadcast(logits, (len(x), classes)))
     terms = ", ".join(f"{t.label}×{t.spec.weight:g}" for t in objective.terms)
     log(f"[{stage}] objective: {terms}; teachers: {', '.join(teachers)}")
     with objective.taps():
-        return fit(objective.model, torch.utils.data.TensorDataset(*rows), data.val, train,
+        return fit(objective.model, torch.utils.data.TensorDataset(*rows), val_set, train,
                    loss_fn=objective.loss_fn(cached=cache and bool(objective.sources)), seed=seed,
                    checkpoint=checkpoint, extra_state=objective.model.training_state() or None, stage=stage, log=log)
 
 
-def teacher_agreement(student: nn.Module, teachers: nn.Module | Mapping[str, nn.Module], x: torch.Tensor,
+def _distill_objective_on_loader(student, teachers, loader, val_set, kd, train, seed, checkpoint, stage, log
+                                 ) -> FitResult:
+    """The objective on a loader's batches: every teacher runs on every batch (nothing is cached). Losses that
+    address training rows by index (CRD's memory bank) need a TensorDataset, whose rows have one."""
+    from torchslim.distillation.losses import LOSSES
+    from torchslim.distillation.objective import build_objective
+
+    by_index = [f"losses[{i}] ({spec.name})" for i, spec in enumerate(kd.losses or [])
+                if getattr(LOSSES.get(spec.name), "needs_row_index", spec.name == "crd")]
+    if by_index:
+        raise TorchslimError(
+            f"distill: {', '.join(by_index)} keeps a memory bank with one entry per training row, addressed by the "
+            f"row's index, which a DataLoader's batches do not carry; give a DataBundle / TensorDataset, or drop it")
+    first = next(iter(loader), None)
+    if first is None:
+        raise TorchslimError("distill: the training loader gave no batches")
+    sample_x, sample_y, _ = split_batch(first)
+    objective = build_objective(student, teachers, kd, split_inputs(sample_x, 64)[0], sample_y)
+    loss_fn = objective.loss_fn(cached=False)
+    terms = ", ".join(f"{t.label}×{t.spec.weight:g}" for t in objective.terms)
+    log(f"[{stage}] objective: {terms}; teachers: {', '.join(teachers)} (run on every batch)")
+    with objective.taps():
+        return fit(objective.model, loader, val_set, train,
+                   loss_fn=lambda net, x, y, *extra: loss_fn(net, x, y, None), seed=seed, checkpoint=checkpoint,
+                   extra_state=objective.model.training_state() or None, stage=stage, log=log)
+
+
+def teacher_agreement(student: nn.Module, teachers: nn.Module | Mapping[str, nn.Module], x: Any,
                       kd: KDConfig | None = None) -> dict:
     """Top-1 agreement (a fraction) of the student with its teacher on inputs `x`: ``{"combined": a}`` against
-    the teachers as the stage combined them, plus one entry per teacher when there are several.
+    the teachers as the stage combined them, plus one entry per teacher when there are several. `x` is a tensor, a
+    mapping of tensors, or a DataLoader of ``(inputs, labels)`` batches.
 
     Example:
         >>> teacher_agreement(student, teacher, data.test.tensors[0])   # doctest: +SKIP

@@ -19,6 +19,7 @@ from torchslim.distillation.config import KDConfig, LossSpec
 from torchslim.distillation.losses import LOSSES, DistillLoss, LossInputs
 from torchslim.distillation.taps import FeatureTaps, resolve_module
 from torchslim.errors import TorchslimError, unknown_choice
+from torchslim.tasks import forward
 
 
 class DistillationModel(nn.Module):
@@ -34,9 +35,12 @@ class DistillationModel(nn.Module):
         super().__init__()
         self.student = student
         self.terms = nn.ModuleList(terms)
+        masks = getattr(student, "_torchslim_masks", None)
+        if masks is not None:  # a pruned student: `fit` finds its masks here and holds its pruned weights at zero
+            self.__dict__["_torchslim_masks"] = masks
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.student(x)
+    def forward(self, *args, **kwargs):
+        return self.student(*args, **kwargs)  # a tensor, or keyword tensors (input_ids, attention_mask...)
 
     def training_state(self) -> dict[str, torch.Tensor]:
         """Loss state that is neither parameter nor buffer (CRD's memory banks), for `fit`'s `extra_state`."""
@@ -108,29 +112,29 @@ class Objective:
             finally:
                 self._student_taps, self._teacher_taps = None, {}
 
-    def teacher_logits(self, x: torch.Tensor, source: str | None, each: dict[str, torch.Tensor] | None = None
-                       ) -> torch.Tensor:
-        """Logits of one teacher (`source` = its name) or of the combined teachers (None), in eval mode."""
+    def teacher_logits(self, x, source: str | None, each: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits of one teacher (`source` = its name) or of the combined teachers (None), in eval mode, on inputs
+        `x` (a tensor or a mapping of tensors)."""
         each = each if each is not None else {}
         if source is not None:
-            return each[source] if source in each else self.teachers[source](x)
+            return each[source] if source in each else forward(self.teachers[source], x)
         names = list(self.teachers)
-        logits = [each[n] if n in each else self.teachers[n](x) for n in names]
+        logits = [each[n] if n in each else forward(self.teachers[n], x) for n in names]
         if len(logits) == 1:
             return logits[0]
         return combine_logits(logits, self.kd.teacher_weights, self.kd.teacher_combine, self.temperature)
 
     def loss_fn(self, cached: bool):
-        """`fit`'s loss function over rows (x, y, index, *cached logits per source)."""
+        """`fit`'s loss function over rows (x, y, index, *cached logits per source); `index` is None on a loader."""
         def loss_fn(net, x, y, index, *cached_logits):
-            logits = net(x)  # the student's forward (through DDP when data-parallel); its taps fill now
+            logits = forward(net, x)  # the student's forward (through DDP when data-parallel); its taps fill now
             student_features = dict(self._student_taps.outputs) if self._student_taps else {}
             teacher_features: dict[str, dict[str, torch.Tensor]] = {}
             each: dict[str, torch.Tensor] = {}
             with torch.no_grad():
                 # Feature losses need the teacher's features of this very batch: these teachers always run.
                 for name, taps in self._teacher_taps.items():
-                    each[name] = self.teachers[name](x)
+                    each[name] = forward(self.teachers[name], x)
                     teacher_features[name] = dict(taps.outputs)
                 if cached:
                     source_logits = dict(zip(self.sources, cached_logits))
@@ -151,7 +155,7 @@ class Objective:
         return loss_fn
 
 
-def build_objective(student: nn.Module, teachers: Mapping[str, nn.Module], kd: KDConfig, sample_x: torch.Tensor,
+def build_objective(student: nn.Module, teachers: Mapping[str, nn.Module], kd: KDConfig, sample_x,
                     train_labels: torch.Tensor) -> Objective:
     """Resolve the module names of every loss term, run student and teachers once on `sample_x` (eval mode, no
     gradient) and build each term's learned parts from the features' shapes. Without `kd.losses`, the objective is
@@ -191,11 +195,11 @@ def build_objective(student: nn.Module, teachers: Mapping[str, nn.Module], kd: K
     student.eval()
     try:
         with torch.no_grad(), objective.taps():
-            student(sample_x)
+            forward(student, sample_x)
             s_feats = dict(objective._student_taps.outputs)
             t_feats = {}
             for name, taps in objective._teacher_taps.items():
-                teachers[name](sample_x)
+                forward(teachers[name], sample_x)
                 t_feats[name] = dict(taps.outputs)
     finally:
         student.train(was_training)

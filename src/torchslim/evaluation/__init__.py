@@ -4,17 +4,21 @@ Example:
     >>> records = evaluate([teacher_art, student_art, int8_art], data, student="student")   # doctest: +SKIP
     >>> report = build_report(records, recipe=recipe.model_dump(), data=data, threads=1, meta={})  # doctest: +SKIP
     >>> print_table(report); write_report(report, "runs/lenet")                             # doctest: +SKIP
+    >>> print(evaluate({"teacher": teacher, "int8": "int8.onnx"}, task, test_loader))       # doctest: +SKIP
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from torchslim.artifact import Artifact
 from torchslim.errors import TorchslimError
@@ -23,14 +27,19 @@ from torchslim.evaluation.measure import (
     accuracy,
     count_macs,
     count_params,
+    example_batch,
     file_sizes,
     latency,
+    logits_and_labels,
     make_runner,
     measure_latencies,
+    memory_sizes,
 )
 from torchslim.evaluation.report import print_table, render_html, render_markdown, write_report
+from torchslim.tasks import ImageClassification, Task
 
 __all__ = [
+    "Evaluation",
     "LatencyConfig",
     "accuracy",
     "build_report",
@@ -38,68 +47,117 @@ __all__ = [
     "count_macs",
     "count_params",
     "evaluate",
+    "example_batch",
     "file_sizes",
+    "format_table",
     "latency",
     "make_runner",
     "measure_latencies",
+    "memory_sizes",
     "print_table",
     "render_html",
     "render_markdown",
     "write_report",
 ]
 
+IN_MEMORY = "safetensors serialization in memory (no file)"  # a record's size_source for a model without a file
+
+
+class Evaluation(list):
+    """The records of :func:`evaluate`, one dict per artifact in order (a plain list to code that reads them), plus
+    :meth:`table`, which ``print`` shows.
+
+    Example:
+        >>> print(evaluate({"teacher": teacher, "student": student}, task, test_loader))   # doctest: +SKIP
+    """
+
+    def __init__(self, records: Sequence[dict] = (), task: Task | None = None) -> None:
+        super().__init__(records)
+        self.task = task
+
+    def table(self) -> str:
+        """A plain-text table: name, runtime, primary metric, params / nonzero, MACs, file bytes, latency p50 per
+        batch size, and the speedup over the first entry."""
+        return format_table(list(self))
+
+    def __str__(self) -> str:
+        return self.table()
+
 
 def evaluate(
-    artifacts: list[Artifact],
+    artifacts: Sequence[Artifact | nn.Module] | Mapping[str, nn.Module | Artifact | str | os.PathLike],
     data: Any,
+    test: Any = None,
     *,
     latency: LatencyConfig | None = None,
     teacher: str | None = "teacher",
     student: str | None = None,
-) -> list[dict]:
-    """One record per artifact, in order: accuracy, size, params, MACs, latency, and ratios to the baselines.
+) -> Evaluation:
+    """One record per artifact, in order: metrics, size, params, MACs, latency, and ratios to the baselines.
 
-    ``data`` needs ``test`` (a dataset of (x, y)) and ``input_shape`` (C, H, W). ``teacher`` and ``student`` name
-    the baseline artifacts for ``vs_teacher`` / ``vs_student``; a baseline that is None or not among the
-    artifacts gives null ratios. All artifacts are timed in this process, interleaved (see
-    :func:`measure_latencies`), with ``latency.threads`` threads.
+    `artifacts` is a list of :class:`~torchslim.artifact.Artifact` (or bare modules), or a mapping of names to an
+    ``nn.Module`` (run in PyTorch eager; its size is that of its safetensors serialization, measured in memory), an
+    Artifact, or the path of an ``.onnx`` file (run in ONNX Runtime). `data` is a DataBundle (its task and test
+    split), a :class:`~torchslim.tasks.Task` with the test data in `test` (a DataLoader or re-iterable of
+    ``(inputs, labels)`` batches, or a TensorDataset), or anything with ``test`` and ``input_shape`` (images).
+    Metrics are the task's (``metrics`` in each record, and ``primary_metric``; ``accuracy`` and ``errors`` as
+    always); latency and MACs run on the task's example inputs (images: standard normal; text: full-length token
+    ids). ``teacher`` and ``student`` name the baseline artifacts for ``vs_teacher`` / ``vs_student``; a baseline
+    that is None or not among the artifacts gives null ratios. All artifacts are timed in this process,
+    interleaved (see :func:`measure_latencies`), with ``latency.threads`` threads.
 
     Example:
         >>> evaluate([teacher_art, int8_art], data, latency=LatencyConfig(threads=1))[1]["vs_teacher"]  # doctest: +SKIP
         {'speedup': {'1': 2.9, '64': 3.4}, 'compression': 3.9, 'compression_lzma': 4.2, 'accuracy_delta': -0.002}
+        >>> print(evaluate({"teacher": teacher, "int8": "int8.onnx"}, task, test_loader).table())  # doctest: +SKIP
     """
     cfg = latency or LatencyConfig()
+    artifacts = _as_artifacts(artifacts)
     if not artifacts:
         raise TorchslimError("nothing to evaluate: the list of artifacts is empty")
     names = [a.name for a in artifacts]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise TorchslimError(f"artifact names must be unique; repeated: {', '.join(duplicates)}")
+    task, test = _task_and_test(data, test)
 
     threads_before = torch.get_num_threads()  # set_num_threads is process-wide: restore it afterwards
     try:
         runners = [make_runner(a, cfg.threads) for a in artifacts]
         records = []
         for artifact, run in zip(artifacts, runners):
-            acc, errors, _ = accuracy(run, data.test)
+            logits, labels = logits_and_labels(run, test)
+            if not task.num_classes:  # a task made here from a bare `input_shape`: the classes are the logits'
+                task.num_classes = int(logits.shape[1])
+            errors = int((logits.argmax(axis=1) != labels).sum())
+            acc = 1.0 - errors / len(labels)
+            metrics = task.metrics(logits, labels)
+            if "accuracy" in metrics:  # one number, whichever way it is rounded: the record's
+                metrics.update(accuracy=acc, errors=errors)
             params = nonzero = macs = None
             if artifact.model is not None:
                 params, nonzero = count_params(artifact.model)
-                macs = count_macs(artifact.model, data.input_shape)
-            size, size_lzma = file_sizes(artifact.path)
+                macs = _macs(artifact.model, task)
+            if artifact.path is not None:
+                (size, size_lzma), size_source = file_sizes(artifact.path), "file"
+            else:
+                (size, size_lzma), size_source = memory_sizes(artifact.model), IN_MEMORY
             records.append(
                 {
                     "name": artifact.name,
                     "stage": artifact.stage,
                     "runtime": artifact.runtime,
-                    "path": str(artifact.path),
+                    "path": str(artifact.path) if artifact.path is not None else None,
                     "accuracy": acc,
                     "errors": errors,
+                    "metrics": metrics,
+                    "primary_metric": task.primary_metric,
                     "params": params,
                     "nonzero_params": nonzero,
                     "macs": macs,
                     "file_bytes": size,
                     "file_bytes_lzma": size_lzma,
+                    "size_source": size_source,
                     "latency_ms": None,
                     "threads": cfg.threads,
                     "vs_teacher": None,
@@ -107,11 +165,121 @@ def evaluate(
                     "info": dict(artifact.info),
                 }
             )
-        for record, lat in zip(records, measure_latencies(runners, data.input_shape, cfg)):
+        for record, lat in zip(records, measure_latencies(runners, task, cfg)):
             record["latency_ms"] = lat
     finally:
         torch.set_num_threads(threads_before)
-    return add_baselines(records, teacher=teacher, student=student)
+    return Evaluation(add_baselines(records, teacher=teacher, student=student), task)
+
+
+def _as_artifacts(items: Any) -> list[Artifact]:
+    """Artifacts from a list (Artifacts, or modules named by their class) or a mapping of names to a module, an
+    Artifact or the path of an ONNX file."""
+    if not isinstance(items, Mapping):
+        items = list(items)
+        counts = {}
+        for item in items:
+            if isinstance(item, nn.Module):
+                counts[type(item).__name__] = counts.get(type(item).__name__, 0) + 1
+        named, seen = [], {}
+        for item in items:
+            if isinstance(item, nn.Module):
+                base = type(item).__name__.lower()
+                seen[base] = seen.get(base, 0) + 1
+                named.append((f"{base}-{seen[base]}" if counts[type(item).__name__] > 1 else base, item))
+            else:
+                named.append((None, item))
+    else:
+        named = list(items.items())
+    out = []
+    for name, item in named:
+        if isinstance(item, Artifact):
+            out.append(item if name is None or name == item.name else dataclasses.replace(item, name=name))
+        elif isinstance(item, nn.Module):
+            out.append(Artifact(name, "model", "pytorch", None, item))
+        elif isinstance(item, (str, os.PathLike)) and name is not None:
+            path = Path(item)
+            if path.suffix != ".onnx":
+                raise TorchslimError(f"evaluate: '{name}' is the file {path}; a file to evaluate is an ONNX model "
+                                     f"(.onnx); give a PyTorch model as the nn.Module itself")
+            out.append(Artifact(name, "file", "onnxruntime", path, None))
+        else:
+            raise TorchslimError(f"evaluate: cannot evaluate {name or 'an item'} of type {type(item).__name__}; "
+                                 f"give an nn.Module, an Artifact or the path of an .onnx file")
+    return out
+
+
+def _task_and_test(data: Any, test: Any) -> tuple[Task, Any]:
+    """The task whose metrics and example inputs are used, and the test data."""
+    if isinstance(data, Task):
+        if test is None:
+            raise TorchslimError("evaluate: give the test data after the task: evaluate(artifacts, task, test_loader)")
+        return data, test
+    if data is None or not hasattr(data, "test"):
+        raise TorchslimError(f"evaluate: data must be a Task (with the test data next) or a DataBundle, got "
+                             f"{type(data).__name__}")
+    task = getattr(data, "task", None)
+    if task is None:  # a hand-made bundle of images without a task
+        if getattr(data, "input_shape", None) is None:
+            raise TorchslimError("evaluate: the data has neither a task nor an input_shape to measure latency with")
+        task = ImageClassification(input_shape=data.input_shape, num_classes=getattr(data, "num_classes", 0) or 0)
+    return task, data.test if test is None else test
+
+
+def _macs(model: nn.Module, task: Task) -> int:
+    # Images: zeros of one sample's shape, as always (MACs do not depend on the values); other tasks: their example.
+    if isinstance(task, ImageClassification):
+        return count_macs(model, task.input_shape)
+    return count_macs(model, task.example_inputs(1))
+
+
+def format_table(records: Sequence[dict]) -> str:
+    """Records as a plain-text table (see :meth:`Evaluation.table`); speedups are over the first record.
+
+    Example:
+        >>> print(format_table(evaluate({"a": model}, task, loader)))   # doctest: +SKIP
+    """
+    if not records:
+        return "(no artifacts)"
+    batches = list((records[0].get("latency_ms") or {}).keys())
+    first = records[0]
+    header = ["name", "runtime", records[0].get("primary_metric") or "accuracy", "params / nonzero", "MACs",
+              "file bytes"]
+    header += [f"p50 ms @{b}" for b in batches] + [f"speedup @{b}" for b in batches]
+    rows = []
+    for r in records:
+        metric = r.get("primary_metric") or "accuracy"
+        value = (r.get("metrics") or {}).get(metric, r.get("accuracy") if metric == "accuracy" else None)
+        lat = r.get("latency_ms") or {}
+        row = [
+            str(r["name"]), str(r.get("runtime", "-")), _fmt_metric(metric, value),
+            "-" if r.get("params") is None else f"{r['params']:,} / {r['nonzero_params']:,}",
+            "-" if r.get("macs") is None else f"{r['macs']:,}",
+            f"- ({r['file_bytes']:,} in memory)" if r.get("size_source") == IN_MEMORY else f"{r['file_bytes']:,}",
+        ]
+        row += [f"{lat[b]['p50']:.3f}" if b in lat else "-" for b in batches]
+        base = first.get("latency_ms") or {}
+        row += [f"{base[b]['p50'] / lat[b]['p50']:.2f}x" if b in lat and b in base and lat[b]["p50"] else "-"
+                for b in batches]
+        rows.append(row)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    left = {0, 1}  # names and runtimes read left-aligned; numbers right-aligned
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    threads = records[0].get("threads")
+    note = f"latency: median of timed calls per batch, {threads} thread{'s' if threads != 1 else ''}; " \
+           f"speedup over {first['name']}"
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows), note])
+
+
+def _fmt_metric(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if name in ("accuracy", "macro_f1"):  # fractions, shown as percentages
+        return f"{100 * value:.2f}%"
+    return f"{value:.4g}"
 
 
 def add_baselines(records: list[dict], *, teacher: str | None = "teacher", student: str | None = None) -> list[dict]:
@@ -165,7 +333,8 @@ def build_report(
     meta: dict,
     latency: LatencyConfig | None = None,
 ) -> dict:
-    """The whole report as one JSON-ready dict: versions, machine, data, recipe, protocol and the records.
+    """The whole report as one JSON-ready dict: versions, machine, data (with its task's description), recipe,
+    protocol and the records. `data` is a DataBundle, or a Task.
 
     ``meta`` (command line, seed, run directory, ...) is merged at the top level and must not reuse a key of
     the report. Pass ``latency``, the config the records were measured with, to have it written as
@@ -186,12 +355,7 @@ def build_report(
         "torchslim_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "recipe": recipe,
-        "data": {
-            "name": getattr(data, "name", None),
-            "source": _source(data),
-            "normalization": getattr(data, "normalization", None),
-            "sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test") if getattr(data, s, None) is not None},
-        },
+        "data": _data_section(data),
         "threads": threads,
         "latency_protocol": protocol,
         "machine": _machine(),
@@ -201,6 +365,23 @@ def build_report(
     if clash:
         raise TorchslimError(f"report meta must not overwrite report fields: {', '.join(clash)}")
     return {**report, **meta}
+
+
+def _data_section(data: Any) -> dict:
+    """What the report says about the data: name, source, normalization, split sizes, and the task's description
+    (input shape for images, vocabulary and sequence length for text) when the data has a task."""
+    if isinstance(data, Task):
+        return {"name": data.name, "source": None, "normalization": None, "sizes": {}, "task": data.describe()}
+    section = {
+        "name": getattr(data, "name", None),
+        "source": _source(data),
+        "normalization": getattr(data, "normalization", None),
+        "sizes": {s: len(getattr(data, s)) for s in ("train", "val", "test") if getattr(data, s, None) is not None},
+    }
+    task = getattr(data, "task", None)
+    if isinstance(task, Task):
+        section["task"] = task.describe()
+    return section
 
 
 def _source(data: Any) -> str | None:

@@ -2,11 +2,13 @@
 
 Every number is taken from the artifact as it ships: accuracy and latency by running it in its own runtime
 (PyTorch eager or ONNX Runtime), size from the file a user would download, parameters and MACs from the module.
+Inputs are numpy arrays of any dtype (float32 images, int64 token ids), or a dict of them for a model with several
+named inputs; latency runs on the task's example inputs.
 
 Example:
     >>> run = make_runner(artifact, threads=1)                      # doctest: +SKIP
     >>> acc, errors, logits = accuracy(run, data.test)              # doctest: +SKIP
-    >>> latency(run, data.input_shape, batch_size=1)                # doctest: +SKIP
+    >>> latency(run, data.task, batch_size=1)                       # doctest: +SKIP
     {'p50': 0.061, 'p90': 0.066, 'runs': 16000}
 """
 from __future__ import annotations
@@ -16,10 +18,10 @@ import lzma
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -27,9 +29,13 @@ from torch import nn
 
 from torchslim.artifact import Artifact
 from torchslim.errors import TorchslimError, unknown_choice
+from torchslim.models.counting import count_macs, count_params  # noqa: F401  (re-exported: part of evaluation's API)
+from torchslim.tasks import ImageClassification, Task, logits_of
 
-Runner = Callable[[np.ndarray], np.ndarray]
-"""Maps an input batch (float32, N×C×H×W) to logits (N×classes), both numpy."""
+ArrayInputs = Union[np.ndarray, Mapping[str, np.ndarray]]
+Runner = Callable[[ArrayInputs], np.ndarray]
+"""Maps an input batch (an array: float32 N×C×H×W images, int64 N×L token ids...; or a dict of arrays by input name)
+to logits (N×classes), numpy."""
 
 _RUNTIMES = ("pytorch", "onnxruntime")
 
@@ -88,7 +94,7 @@ class LatencyConfig:
 
 
 def make_runner(artifact: Artifact, threads: int) -> Runner:
-    """A function that runs ``artifact`` in its runtime on a float32 numpy batch and returns the logits.
+    """A function that runs ``artifact`` in its runtime on a numpy batch (or a dict of them) and returns the logits.
 
     Example:
         >>> run = make_runner(artifact, threads=1)                  # doctest: +SKIP
@@ -108,25 +114,32 @@ def _torch_runner(model: nn.Module, threads: int) -> Runner:
     model.eval()
     torch.set_num_threads(threads)
 
-    def run(x: np.ndarray) -> np.ndarray:
+    def run(x: ArrayInputs) -> np.ndarray:
         # The thread count is process-wide in PyTorch; re-assert it in case something changed it since.
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
-        if not x.flags.writeable:  # torch.from_numpy warns on read-only arrays
-            x = x.copy()
         with torch.inference_mode():
-            out = model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-        if isinstance(out, (tuple, list)):
-            out = out[0]
-        elif hasattr(out, "logits"):  # Hugging Face style output objects
-            out = out.logits
-        return out.float().numpy()
+            if isinstance(x, Mapping):
+                out = model(**{k: _as_tensor(v) for k, v in x.items()})
+            else:
+                out = model(_as_tensor(x))
+        return logits_of(out).float().numpy()  # a tuple's first entry, or `.logits` of a Hugging Face output
 
     return run
 
 
+def _as_tensor(x: np.ndarray) -> torch.Tensor:
+    if not x.flags.writeable:  # torch.from_numpy warns on read-only arrays
+        x = x.copy()
+    # Floating inputs run in float32 (the model's dtype); integer inputs (token ids) keep theirs.
+    dtype = np.float32 if np.issubdtype(x.dtype, np.floating) else None
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=dtype))
+
+
 def _ort_runner(path: Path, threads: int) -> Runner:
     import onnxruntime as ort
+
+    from torchslim.export.onnx import _ORT_DTYPES
 
     if not path.is_file():
         raise TorchslimError(f"ONNX file not found: {path}")
@@ -137,108 +150,87 @@ def _ort_runner(path: Path, threads: int) -> Runner:
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3  # errors only: graph-optimizer notices are noise in a report run
     session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
+    # Each input in the dtype the file declares: float32 images, int64 token ids.
+    dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in session.get_inputs()}
+    first = next(iter(dtypes))
 
-    def run(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+    def run(x: ArrayInputs) -> np.ndarray:
+        if isinstance(x, Mapping):
+            missing = [n for n in dtypes if n not in x]
+            if missing:
+                raise TorchslimError(f"ONNX model {path.name} needs inputs {list(dtypes)}; missing: {missing}")
+            return session.run(None, {n: np.ascontiguousarray(x[n], dtype=t) for n, t in dtypes.items()})[0]
+        return session.run(None, {first: np.ascontiguousarray(x, dtype=dtypes[first])})[0]
 
     return run
 
 
-def accuracy(runner: Runner, dataset: torch.utils.data.Dataset, batch_size: int = 256) -> tuple[float, int, np.ndarray]:
-    """Top-1 accuracy (a fraction), the number of errors, and the logits (N×classes) of ``runner`` on ``dataset``.
+def accuracy(runner: Runner, dataset: Any, batch_size: int = 256) -> tuple[float, int, np.ndarray]:
+    """Top-1 accuracy (a fraction), the number of errors, and the logits (N×classes) of ``runner`` on ``dataset``:
+    a TensorDataset, a dataset of (x, y) samples, or a DataLoader / re-iterable of ``(inputs, labels)`` batches.
 
     Example:
         >>> acc, errors, logits = accuracy(make_runner(artifact, 1), data.test)   # doctest: +SKIP
     """
+    logits, labels = logits_and_labels(runner, dataset, batch_size)
+    errors = int((logits.argmax(axis=1) != labels).sum())
+    return 1.0 - errors / len(labels), errors, logits
+
+
+def logits_and_labels(runner: Runner, dataset: Any, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The logits (N×classes) of ``runner`` on every input of ``dataset`` (see :func:`accuracy`), and the labels."""
+    from torchslim.training.loop import iter_batches
+
     logits, labels = [], []
-    for x, y in _batches(dataset, batch_size):
-        logits.append(np.asarray(runner(x.numpy())))
-        labels.append(y.numpy())
+    for x, y in iter_batches(dataset, batch_size):
+        if y is None:
+            raise TorchslimError("the test data has no labels: each batch must be (inputs, labels, ...)")
+        logits.append(np.asarray(runner(to_numpy(x))))
+        labels.append(y.numpy() if isinstance(y, torch.Tensor) else np.asarray(y))
     if not labels:
         raise TorchslimError("cannot measure accuracy on an empty test set")
-    all_logits = np.concatenate(logits)
-    y = np.concatenate(labels)
-    errors = int((all_logits.argmax(axis=1) != y).sum())
-    return 1.0 - errors / len(y), errors, all_logits
+    return np.concatenate(logits), np.concatenate(labels)
 
 
-def _batches(dataset: torch.utils.data.Dataset, batch_size: int):
-    tensors = getattr(dataset, "tensors", None)
-    if tensors is not None:  # TensorDataset: slice directly, much faster than per-sample collation
-        x, y = tensors[0], tensors[1]
-        for i in range(0, len(x), batch_size):
-            yield x[i : i + batch_size].float(), y[i : i + batch_size]
-        return
-    for x, y in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        yield x.float(), y
+def to_numpy(x: Any) -> ArrayInputs:
+    """A batch's inputs as numpy: floating tensors as float32, integer ones (token ids) in their own dtype; a mapping
+    of tensors as a dict of arrays."""
+    if isinstance(x, Mapping):
+        return {k: to_numpy(v) for k, v in x.items()}
+    if isinstance(x, torch.Tensor):
+        return (x.float() if x.is_floating_point() else x).detach().cpu().numpy()
+    return np.asarray(x)
 
 
-def count_params(model: nn.Module) -> tuple[int, int]:
-    """(parameters, nonzero parameters) of ``model``; shared parameters count once.
-
-    For layers pruned with ``torch.nn.utils.prune`` (``weight_orig`` + ``weight_mask``) the nonzero count is taken
-    from the masked weight the layer actually uses, not from the dense ``weight_orig``.
+def example_batch(inputs: Sequence[int] | Task, batch_size: int, seed: int = 0) -> ArrayInputs:
+    """The fixed random batch latency is timed on: for an image task (or one sample's shape) standard normal float32
+    from numpy's seeded generator; for any other task its ``example_inputs(batch_size, seed)`` (token ids...).
 
     Example:
-        >>> count_params(nn.Linear(4, 3))
-        (15, 15)
+        >>> example_batch((1, 8, 8), 4).shape
+        (4, 1, 8, 8)
     """
-    params = nonzero = 0
-    seen: set[int] = set()
-    for module in model.modules():
-        for name, p in module.named_parameters(recurse=False):
-            if id(p) in seen:
-                continue
-            seen.add(id(p))
-            params += p.numel()
-            effective = p
-            if name.endswith("_orig") and isinstance(getattr(module, name[: -len("_orig")], None), torch.Tensor):
-                effective = getattr(module, name[: -len("_orig")])
-            nonzero += int(torch.count_nonzero(effective.detach()))
-    return params, nonzero
+    if isinstance(inputs, ImageClassification):
+        return _random_input(inputs.input_shape, batch_size, seed)
+    if isinstance(inputs, Task):
+        return to_numpy(inputs.example_inputs(batch_size, seed))
+    return _random_input(inputs, batch_size, seed)
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of one forward pass on ONE sample of shape ``input_shape`` (no batch dimension).
-
-    Counted: ``nn.Conv1d/2d/3d`` (output elements × in_channels/groups × kernel elements) and ``nn.Linear``
-    (output elements × in_features, so leading dimensions such as a sequence count). Not counted: element-wise
-    ops, activations, pooling, normalization (BN) and bias additions; they are a small share for conv/linear
-    networks and depend on fusion in the runtime. Zero weights count too: this is the dense cost.
+def memory_sizes(model: nn.Module) -> tuple[int, int]:
+    """(bytes, lzma bytes) of ``model``'s state dict serialized as safetensors in memory: the file
+    :func:`torchslim.save_checkpoint` would write, for a model that has no file yet.
 
     Example:
-        >>> count_macs(nn.Linear(4, 3), (4,))
-        12
+        >>> memory_sizes(nn.Linear(4, 3))[0] > 15 * 4
+        True
     """
-    total = 0
+    from safetensors.torch import save
 
-    def conv_hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out.numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-
-    def linear_hook(m: nn.Module, inputs: Any, out: torch.Tensor) -> None:
-        nonlocal total
-        total += out.numel() * m.in_features
-
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            hooks.append(m.register_forward_hook(conv_hook))
-        elif isinstance(m, nn.Linear):
-            hooks.append(m.register_forward_hook(linear_hook))
-    was_training = model.training
-    first = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=first.device if first is not None else "cpu")
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return total
+    # Cloned (safetensors refuses tensors that share memory) and with save_checkpoint's metadata: the same bytes.
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    data = save(state, metadata={"format": "pt"})
+    return len(data), len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
 
 
 def file_sizes(path: str | os.PathLike) -> tuple[int, int]:
@@ -259,7 +251,7 @@ def file_sizes(path: str | os.PathLike) -> tuple[int, int]:
 
 def latency(
     runner: Runner,
-    input_shape: Sequence[int],
+    input_shape: Sequence[int] | Task,
     batch_size: int,
     *,
     warmup: int = LatencyConfig.warmup,
@@ -270,28 +262,30 @@ def latency(
 ) -> dict[str, float | int]:
     """Latency of one runner alone: ``{"p50": ms, "p90": ms, "runs": n}`` over individually timed calls.
 
-    A fixed seeded random batch; ``warmup`` untimed calls; then calls timed one by one until both ``min_runs``
-    calls and ``max_seconds`` have passed, or ``max_runs`` calls. To compare artifacts, use
-    :func:`measure_latencies`, which times them interleaved.
+    A fixed seeded random batch (:func:`example_batch`: of one sample's ``input_shape``, or of a task's inputs);
+    ``warmup`` untimed calls; then calls timed one by one until both ``min_runs`` calls and ``max_seconds`` have
+    passed, or ``max_runs`` calls. To compare artifacts, use :func:`measure_latencies`, which times them interleaved.
 
     Example:
         >>> latency(make_runner(artifact, 1), (1, 28, 28), batch_size=1)    # doctest: +SKIP
         {'p50': 0.061, 'p90': 0.066, 'runs': 16000}
     """
-    x = _random_input(input_shape, batch_size, seed)
+    x = example_batch(input_shape, batch_size, seed)
     for _ in range(warmup):
         runner(x)
     return _summary(_timed_calls(runner, x, min_runs, max_runs, max_seconds))
 
 
-def measure_latencies(runners: Sequence[Runner], input_shape: Sequence[int], config: LatencyConfig) -> list[dict[str, dict]]:
+def measure_latencies(runners: Sequence[Runner], input_shape: Sequence[int] | Task, config: LatencyConfig
+                      ) -> list[dict[str, dict]]:
     """Latency of several runners, interleaved: one ``{batch: {"p50", "p90", "runs"}}`` per runner, in order.
 
     Timing each artifact in its own block lets a noisy moment (another process, a frequency change, thermal
     throttling) land on one artifact only and skew the ratios. So, for each batch size, the budget is split
     into ``config.rounds`` rounds; each round times every artifact for its slice of the budget (starting with a
     different artifact each round), and the samples of all rounds are pooled per artifact. Any noise is then
-    spread over all artifacts alike.
+    spread over all artifacts alike. The batch is :func:`example_batch` of ``input_shape`` (one sample's shape, or
+    a task).
 
     Example:
         >>> measure_latencies([run_a, run_b], (1, 28, 28), LatencyConfig())   # doctest: +SKIP
@@ -303,7 +297,7 @@ def measure_latencies(runners: Sequence[Runner], input_shape: Sequence[int], con
     slice_max = max(slice_min, config.max_runs // rounds)
     results: list[dict[str, dict]] = [{} for _ in runners]
     for batch_size in config.batch_sizes:
-        x = _random_input(input_shape, batch_size, config.seed)
+        x = example_batch(input_shape, batch_size, config.seed)
         for run in runners:
             for _ in range(config.warmup):
                 run(x)
@@ -325,7 +319,7 @@ def _random_input(input_shape: Sequence[int], batch_size: int, seed: int) -> np.
     return np.random.default_rng(seed).standard_normal((batch_size, *input_shape), dtype=np.float32)
 
 
-def _timed_calls(runner: Runner, x: np.ndarray, min_runs: int, max_runs: int, max_seconds: float) -> list[int]:
+def _timed_calls(runner: Runner, x: ArrayInputs, min_runs: int, max_runs: int, max_seconds: float) -> list[int]:
     """Durations (ns) of individual calls until min_runs and max_seconds are both reached, or max_runs."""
     budget_ns = int(max_seconds * 1e9)
     times: list[int] = []

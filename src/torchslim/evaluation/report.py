@@ -193,7 +193,8 @@ def _notes(report: dict) -> list[tuple[str, str]]:
         ),
         (
             "Data",
-            f"{data.get('name', _DASH)}{source}; sizes: {sizes or _DASH}; normalization: {norm_text}.",
+            f"{data.get('name', _DASH)}{source}; sizes: {sizes or _DASH}; normalization: {norm_text}"
+            f"{_task_text(data.get('task'))}.",
         ),
         (
             "Machine",
@@ -203,6 +204,24 @@ def _notes(report: dict) -> list[tuple[str, str]]:
             f"torchslim {report.get('torchslim_version', _DASH)}, created {report.get('created', _DASH)}.",
         ),
     ] + [("Speed", note) for note in speed_notes(report)]
+
+
+def _task_text(task: dict | None) -> str:
+    """The task as the report states it: ``; task: text-classification, 2 classes, sequence length 64, ...``."""
+    if not isinstance(task, dict) or not task:
+        return ""
+    parts = [str(task.get("task", _DASH))]
+    if "num_classes" in task:
+        parts.append(f"{task['num_classes']} classes")
+    for key, value in task.items():
+        if key in ("task", "num_classes") or value is None:
+            continue
+        if isinstance(value, dict):  # the tokenizer: its kind and size, not every setting
+            value = ", ".join(f"{k} {v}" for k, v in value.items() if isinstance(v, (str, int, float)))
+        elif isinstance(value, (list, tuple)):
+            value = "×".join(map(str, value))
+        parts.append(f"{key.replace('_', ' ')} {value}")
+    return "; task: " + ", ".join(parts)
 
 
 # Speed notes: is every quantized artifact faster than the float model it came from?

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import itertools
 import operator
 import os
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +38,9 @@ from torch import fx, nn
 
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.quant.fakequant import FakeQuant, effective_scale, fake_quantize
-from torchslim.quant.spec import QuantConfig, QuantSpec
+from torchslim.quant.config import QuantConfig
+from torchslim.quant.spec import QuantSpec
+from torchslim.tasks import forward
 
 if TYPE_CHECKING:  # annotations only: qat imports the training loop when it runs
     from torchslim.data import DataBundle
@@ -301,7 +304,10 @@ def prepare(model: nn.Module, cfg: QuantConfig | None = None) -> fx.GraphModule:
             node = user
         return node
 
-    sites = [n for n in graph.nodes if n.op == "placeholder"]
+    # A model input that feeds an embedding holds token ids (integers): it has no grid to put it on.
+    sites = [n for n in graph.nodes if n.op == "placeholder"
+             and not any(_is(user, gm, (nn.Embedding, nn.EmbeddingBag), (F.embedding, F.embedding_bag))
+                         for user in n.users)]
     sites += [through_relu(n) for n in graph.nodes
               if (n.op == "call_module" and n.target in quantized) or _is(n, gm, (), _ADD_FUNCTIONS, ("add",))]
     for site in dict.fromkeys(sites):
@@ -327,17 +333,39 @@ def prepare(model: nn.Module, cfg: QuantConfig | None = None) -> fx.GraphModule:
     graph.lint()
     gm.delete_all_unused_submodules()  # the Identity modules left by folding
     gm.recompile()
+    _carry_masks(model, gm)
     return gm
 
 
-def _batches(x: torch.Tensor | Iterable[torch.Tensor], batch_size: int = 256) -> Iterable[torch.Tensor]:
-    return x.split(batch_size) if isinstance(x, torch.Tensor) else x
+def _carry_masks(model: nn.Module, gm: fx.GraphModule) -> None:
+    """Pruning masks attached to `model` (by ``prune_``), re-attached to the same-named layers of its quantized copy,
+    so that training the copy (QAT) holds the pruned weights at zero as training `model` would (BN folding scales a
+    conv's weights per channel: its zeros stay zeros)."""
+    masks = getattr(model, "_torchslim_masks", None)
+    if masks is None:
+        return
+    names = dict(gm.named_modules())
+    kept = {name: mask for name, mask in masks.masks.items() if name in names and hasattr(names[name], "weight")}
+    if kept:
+        gm.__dict__["_torchslim_masks"] = type(masks)({name: names[name] for name in kept}, kept)
+
+
+def _input_batches(x: Any, batch_size: int = 256) -> Iterable[Any]:
+    """Model inputs per batch: a tensor or a mapping of tensors split into `batch_size` rows; from an iterable, each
+    item's inputs (an item is a tensor, a mapping of tensors, or an ``(inputs, labels, ...)`` batch)."""
+    from torchslim.training.loop import iter_batches, split_batch
+
+    if isinstance(x, (torch.Tensor, Mapping)):
+        return (xb for xb, _ in iter_batches(x, batch_size))
+    return (xb if isinstance(xb, torch.Tensor) else split_batch(xb)[0] for xb in x)
 
 
 @torch.no_grad()
-def calibrate(model: nn.Module, x_batches: torch.Tensor | Iterable[torch.Tensor]) -> nn.Module:
-    """Run `x_batches` (a tensor, split into batches, or an iterable of batches) through the float model while every
-    activation observer records its input, then freeze all grids (weights from the weights themselves).
+def calibrate(model: nn.Module, x_batches: Any) -> nn.Module:
+    """Run `x_batches` through the float model while every activation observer records its input, then freeze all
+    grids (weights from the weights themselves). `x_batches` is a tensor or a mapping of tensors (split into
+    batches), or an iterable of batches: tensors, mappings (``model(**inputs)``), or ``(inputs, labels)`` batches such
+    as a DataLoader's.
 
     Returns `model` (calibrated in place), in the train/eval mode it came in.
 
@@ -357,8 +385,8 @@ def calibrate(model: nn.Module, x_batches: torch.Tensor | Iterable[torch.Tensor]
         fq.observing = True
     seen = 0
     try:
-        for xb in _batches(x_batches):
-            model(xb)
+        for xb in _input_batches(x_batches):
+            forward(model, xb)
             seen += 1
     finally:
         for layer in weights:
@@ -372,33 +400,52 @@ def calibrate(model: nn.Module, x_batches: torch.Tensor | Iterable[torch.Tensor]
     return model.train(was_training)
 
 
-def calibration_rows(x: torch.Tensor, cfg: QuantConfig, seed: int = 0) -> list[torch.Tensor]:
-    """`cfg.calibration_batches` batches of random rows of `x` (seeded; at most all of `x`)."""
+def calibration_rows(x: Any, cfg: QuantConfig, seed: int = 0) -> list:
+    """`cfg.calibration_batches` batches of inputs to calibrate on: of a tensor or a mapping of row-aligned tensors,
+    batches of `cfg.calibration_batch_size` random rows (seeded; at most all of `x`); of a DataLoader or iterable of
+    batches, its first `cfg.calibration_batches` batches' inputs, as they come."""
+    if isinstance(x, Mapping):
+        rows = next(iter(x.values()), torch.empty(0))
+        g = torch.Generator().manual_seed(seed)
+        n = min(len(rows), cfg.calibration_batches * cfg.calibration_batch_size)
+        order = torch.randperm(len(rows), generator=g)[:n]
+        parts = {k: v[order].split(cfg.calibration_batch_size) for k, v in x.items()}
+        return [dict(zip(parts, chunk)) for chunk in zip(*parts.values())]
+    if not isinstance(x, torch.Tensor):
+        return list(itertools.islice(_input_batches(x), cfg.calibration_batches))
     g = torch.Generator().manual_seed(seed)
     n = min(len(x), cfg.calibration_batches * cfg.calibration_batch_size)
     return list(x[torch.randperm(len(x), generator=g)[:n]].split(cfg.calibration_batch_size))
 
 
-def ptq(model: nn.Module, cfg: QuantConfig | None, calibration_x: torch.Tensor, *, seed: int = 0) -> fx.GraphModule:
+def ptq(model: nn.Module, cfg: QuantConfig | None, calibration_x: Any, *, seed: int = 0) -> fx.GraphModule:
     """Static post-training quantization: :func:`prepare` a copy of `model`, then :func:`calibrate` it on
-    ``cfg.calibration_batches`` random batches of `calibration_x` (training inputs). `model` is not changed.
+    ``cfg.calibration_batches`` batches of `calibration_x`: random rows of training inputs (a tensor, or a mapping
+    of tensors), or the first batches of a DataLoader / iterable of ``(inputs, labels)`` batches. `model` is not
+    changed.
 
     Example:
         >>> qmodel = ptq(model, QuantConfig(weight=QuantSpec(bits=8, per_channel=True)), data.train.tensors[0])  # doctest: +SKIP
+        >>> qmodel = ptq(model, QuantConfig(), train_loader)  # doctest: +SKIP
     """
     cfg = cfg or QuantConfig()
-    if len(calibration_x) == 0:
+    batches = calibration_rows(calibration_x, cfg, seed)
+    if not batches:
         raise TorchslimError("ptq: calibration_x is empty; give some training inputs")
-    return calibrate(prepare(model, cfg), calibration_rows(calibration_x, cfg, seed)).eval()
+    return calibrate(prepare(model, cfg), batches).eval()
 
 
-def qat(model: nn.Module, cfg: QuantConfig | None, data: DataBundle, train: TrainConfig, *,
-        teacher: nn.Module | None = None, kd: KDConfig | None = None, seed: int = 0,
+def qat(model: nn.Module, cfg: QuantConfig | None, data: DataBundle | Any, train: TrainConfig, *,
+        val: Any | None = None, teacher: nn.Module | None = None, kd: KDConfig | None = None, seed: int = 0,
         checkpoint: str | os.PathLike | None = None, stage: str = "qat",
         log: Callable[[str], None] = print) -> tuple[fx.GraphModule, FitResult]:
-    """Quantization-aware training: :func:`ptq` on ``data.train`` (the starting grid), then train the fake-quant
+    """Quantization-aware training: :func:`ptq` on the training data (the starting grid), then train the fake-quant
     model with :func:`~torchslim.training.fit` — or with :func:`~torchslim.distillation.distill` from `teacher`
     (typically the fp32 model) when `kd` is given. With ``cfg.learnable`` the step sizes train too (LSQ).
+
+    `data` is a DataBundle (train on ``data.train``, validate on ``data.val`` unless `val` is given), or a DataLoader /
+    re-iterable of ``(inputs, labels)`` batches (calibrated on its first ``cfg.calibration_batches`` batches,
+    validated on `val`).
 
     Returns ``(fake-quant model, FitResult)``; `model` is not changed.
 
@@ -407,13 +454,16 @@ def qat(model: nn.Module, cfg: QuantConfig | None, data: DataBundle, train: Trai
         ...                      TrainConfig(epochs=3, lr=1e-4))   # doctest: +SKIP
     """
     from torchslim.distillation.kd import distill
-    from torchslim.training.loop import fit
+    from torchslim.training.loop import fit, splits
 
     if (kd is None) != (teacher is None):
         raise TorchslimError("qat: distillation needs both `teacher` and `kd` (a KDConfig); give both or neither")
-    qmodel = ptq(model, cfg, data.train.tensors[0], seed=seed)
+    train_set, val_set = splits(data, val)
+    calibration = train_set.tensors[0] if hasattr(train_set, "tensors") else train_set
+    qmodel = ptq(model, cfg, calibration, seed=seed)
     if kd is not None:
-        result = distill(qmodel, teacher, data, kd, train, seed=seed, checkpoint=checkpoint, stage=stage, log=log)
+        result = distill(qmodel, teacher, train_set, kd, train, val=val_set, seed=seed, checkpoint=checkpoint,
+                         stage=stage, log=log)
     else:
-        result = fit(qmodel, data.train, data.val, train, seed=seed, checkpoint=checkpoint, stage=stage, log=log)
+        result = fit(qmodel, train_set, val_set, train, seed=seed, checkpoint=checkpoint, stage=stage, log=log)
     return qmodel.eval(), result

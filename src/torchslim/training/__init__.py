@@ -1,5 +1,15 @@
 """Training: one loop (`fit`), its config, and the optimizer/schedule factories."""
 from torchslim.training.config import TrainConfig
-from torchslim.training.loop import FitResult, accuracy_of, cross_entropy_loss, fit, predict, train
+from torchslim.training.loop import (
+    FitResult,
+    accuracy_of,
+    cross_entropy_loss,
+    fit,
+    iter_batches,
+    predict,
+    split_batch,
+    train,
+)
 
-__all__ = ["TrainConfig", "FitResult", "fit", "predict", "accuracy_of", "cross_entropy_loss", "train"]
+__all__ = ["TrainConfig", "FitResult", "fit", "predict", "accuracy_of", "cross_entropy_loss", "train", "iter_batches",
+           "split_batch"]

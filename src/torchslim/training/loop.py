@@ -1,8 +1,12 @@
 """The training loop: one function that reads top to bottom.
 
-`fit` trains a model on a dataset split held in memory as tensors. Under torchrun the same loop runs data-parallel:
-batches come from a rank-aware index iterator, the model is wrapped in DDP, metrics are summed over ranks, and only
-rank 0 writes the checkpoint (the caller's `log` decides who prints).
+`fit` trains a model on a dataset split held in memory as tensors (a TensorDataset: the fast path, batches sliced by
+index), or on any DataLoader or re-iterable of ``(inputs, labels, *extra)`` batches, where ``inputs`` is a tensor or a
+mapping of tensors (``model(**inputs)``: input_ids + attention_mask). Models are called through
+:func:`torchslim.tasks.forward`, so Hugging Face style outputs (``.logits``) work too. Under torchrun the same loop
+runs data-parallel: batches come from a rank-aware index iterator (or every world-th batch of a loader), the model is
+wrapped in DDP, metrics are summed over ranks, and only rank 0 writes the checkpoint (the caller's `log` decides who
+prints).
 """
 from __future__ import annotations
 
@@ -12,9 +16,10 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Union
 
 import torch
 import torch.nn.functional as F
@@ -22,18 +27,23 @@ from torch import nn
 
 from torchslim.errors import TorchslimError
 from torchslim.io import atomic_path, resume_errors
+from torchslim.tasks import forward
 from torchslim.training import dist
 from torchslim.training.config import TrainConfig
 
-# loss_fn(model, x, y, *extra) -> (loss, logits) or (loss, logits, terms). `extra` are further tensors of the
+Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]  # one batch's model inputs: a tensor, or keyword tensors
+TrainData = Union[torch.utils.data.TensorDataset, Iterable]  # a TensorDataset, a DataLoader, or re-iterable batches
+
+# loss_fn(model, x, y, *extra) -> (loss, logits) or (loss, logits, terms). `x` is a batch's inputs (a tensor or a
+# mapping of tensors: call the model with `torchslim.tasks.forward(model, x)`). `extra` are further tensors of the
 # training set row-aligned with x (e.g. cached teacher logits), so a distillation loss needs no side channel to find
 # its targets. `terms` ({name: scalar}) are the parts of the loss worth a curve; their per-epoch mean is recorded.
 LossFn = Callable[..., tuple]
 
 
 def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
-    def loss_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *extra: torch.Tensor):
-        logits = model(x)
+    def loss_fn(model: nn.Module, x: Inputs, y: torch.Tensor, *extra: torch.Tensor):
+        logits = forward(model, x)
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
 
     return loss_fn
@@ -115,27 +125,177 @@ def _progress(enabled: bool | None, description: str, total: int):
     return wrap
 
 
+def split_batch(batch: Any) -> tuple[Inputs, torch.Tensor | None, tuple]:
+    """``(inputs, labels, extra)`` of one batch: a tuple or list ``(inputs, labels, *extra)``, or a mapping whose
+    ``labels`` entry holds the labels (a Hugging Face collator's batch); anything else is inputs without labels.
+
+    Example:
+        >>> split_batch((torch.zeros(2, 3), torch.tensor([0, 1])))[1]
+        tensor([0, 1])
+    """
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise TorchslimError("got an empty batch; a batch is (inputs, labels, *extra)")
+        return batch[0], (batch[1] if len(batch) > 1 else None), tuple(batch[2:])
+    if isinstance(batch, Mapping) and "labels" in batch:
+        return {k: v for k, v in batch.items() if k != "labels"}, batch["labels"], ()
+    return batch, None, ()
+
+
+def split_inputs(inputs: Inputs, batch_size: int) -> list[Inputs]:
+    """`inputs` (a tensor, or a mapping of row-aligned tensors) in chunks of `batch_size` rows."""
+    if isinstance(inputs, Mapping):
+        parts = {k: v.split(batch_size) for k, v in inputs.items()}
+        return [dict(zip(parts, chunk)) for chunk in zip(*parts.values())]
+    return list(inputs.split(batch_size))
+
+
+def iter_batches(data: Any, batch_size: int = 512) -> Iterator[tuple[Inputs, torch.Tensor | None]]:
+    """``(inputs, labels)`` per batch of `data`, labels None where `data` has none.
+
+    `data` is a tensor or a mapping of tensors (inputs only, split into `batch_size` rows), a TensorDataset (x, y
+    sliced into `batch_size` rows), a map-style dataset or a list of ``(x, y)`` samples (collated by a DataLoader of
+    `batch_size`), or a DataLoader / re-iterable of batches (taken as they come; see :func:`split_batch`).
+
+    Example:
+        >>> [tuple(x.shape) for x, _ in iter_batches(torch.zeros(5, 2), batch_size=2)]
+        [(2, 2), (2, 2), (1, 2)]
+    """
+    if isinstance(data, (torch.Tensor, Mapping)):
+        for part in split_inputs(data, batch_size):
+            yield part, None
+        return
+    if _is_tensor_dataset(data):  # slice directly: much faster than per-sample collation
+        x, y = data.tensors[0], (data.tensors[1] if len(data.tensors) > 1 else None)
+        for i in range(0, len(x), batch_size):
+            yield x[i:i + batch_size], (None if y is None else y[i:i + batch_size])
+        return
+    if _is_sample_dataset(data):
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    for batch in data:
+        inputs, labels, _ = split_batch(batch)
+        yield inputs, labels
+
+
+def _is_sample_dataset(data: Any) -> bool:
+    """A map-style dataset, or a list of (x, y) samples (labels without a batch axis), rather than batches."""
+    if isinstance(data, torch.utils.data.DataLoader):
+        return False
+    if isinstance(data, torch.utils.data.Dataset) and not isinstance(data, torch.utils.data.IterableDataset):
+        return True
+    if isinstance(data, Sequence) and len(data) and isinstance(data[0], (tuple, list)) and len(data[0]) > 1:
+        label = data[0][1]
+        return isinstance(label, (int, float)) or (isinstance(label, torch.Tensor) and label.dim() == 0)
+    return False
+
+
 @torch.no_grad()  # not inference_mode: cached teacher logits are later saved for backward
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of `model` (eval mode) on a tensor of inputs, in batches."""
+def predict(model: nn.Module, x: Any, batch_size: int = 512) -> torch.Tensor:
+    """Logits of `model` (eval mode) on inputs `x`, in batches: a tensor, a mapping of tensors (``model(**x)``), or a
+    DataLoader / dataset / re-iterable of ``(inputs, labels)`` batches (their inputs, in order).
+
+    Example:
+        >>> predict(nn.Linear(3, 2), torch.zeros(5, 3)).shape
+        torch.Size([5, 2])
+    """
     was_training = model.training
     model.eval()
-    out = torch.cat([model(xb) for xb in x.split(batch_size)]) if len(x) else torch.empty(0)
-    model.train(was_training)
-    return out
+    try:
+        out = [forward(model, xb) for xb, _ in iter_batches(x, batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
 
 
-def accuracy_of(model: nn.Module, dataset: torch.utils.data.TensorDataset | None) -> float | None:
-    if dataset is None or len(dataset) == 0:
+def accuracy_of(model: nn.Module, data: Any) -> float | None:
+    """Top-1 accuracy (a fraction) of `model` on `data` (a TensorDataset, a DataLoader or re-iterable of
+    ``(inputs, labels)`` batches); None when `data` is None or empty."""
+    if data is None:
         return None
-    x, y = dataset.tensors[:2]
-    return (predict(model, x).argmax(1) == y).float().mean().item()
+    if _is_tensor_dataset(data):
+        if len(data) == 0:
+            return None
+        x, y = data.tensors[:2]
+        return (predict(model, x).argmax(1) == y).float().mean().item()
+    correct = seen = 0
+    for inputs, labels in iter_batches(data):
+        if labels is None:
+            raise TorchslimError("accuracy needs labels: each batch must be (inputs, labels, ...)")
+        correct += (predict(model, inputs).argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return correct / seen if seen else None
+
+
+def splits(data: Any, val: Any | None = None) -> tuple[Any, Any | None]:
+    """(train, val) data of a DataBundle (anything with `train` and `val` splits; `val` given replaces its own), or of
+    a DataLoader / re-iterable of batches given alone (validated on `val`)."""
+    if hasattr(data, "train") and hasattr(data, "val") and not isinstance(data, nn.Module):
+        return data.train, data.val if val is None else val
+    return data, val
+
+
+def _loader_steps(loader: Iterable) -> int:
+    """Optimizer steps one rank takes per epoch of `loader`: every world-th batch, the same number on every rank."""
+    if isinstance(loader, Iterator):  # a generator or iterator: the second epoch would find it empty
+        raise TorchslimError(f"training data must be re-iterable once per epoch (a DataLoader, a TensorDataset or a "
+                             f"list of batches), not a one-shot {type(loader).__name__}")
+    try:
+        count = len(loader)
+    except TypeError:  # an iterable without a length: count one pass
+        count = sum(1 for _ in loader)
+    return count // _loader_shard(loader)[1]
+
+
+def _is_tensor_dataset(data: Any) -> bool:
+    """A TensorDataset, or anything else holding its rows as `.tensors` (x, y, *extra): the fast index path."""
+    return isinstance(getattr(data, "tensors", None), (tuple, list))
+
+
+def _describe(inputs: Inputs) -> str:
+    if isinstance(inputs, Mapping):
+        return "a mapping of " + ", ".join(f"{k} {_describe(v)}" for k, v in inputs.items())
+    if isinstance(inputs, torch.Tensor):
+        return f"{str(inputs.dtype).removeprefix('torch.')} {'×'.join(map(str, inputs.shape))}"
+    return type(inputs).__name__
+
+
+def _loader_shard(loader: Iterable) -> tuple[int, int]:
+    """(rank, world) of the batches this rank takes; (0, 1) when a DistributedSampler shards the loader already."""
+    if isinstance(getattr(loader, "sampler", None), torch.utils.data.distributed.DistributedSampler):
+        return 0, 1
+    return dist.rank(), dist.world()
+
+
+def _epoch_batches(train_set: TrainData, batch_size: int, gen: torch.Generator, epoch: int, steps: int
+                   ) -> Iterator[tuple[Inputs, torch.Tensor, tuple, float]]:
+    """(inputs, labels, extra, share) per optimizer step of one epoch on this rank (see :func:`batch_indices`)."""
+    if _is_tensor_dataset(train_set):
+        tensors: Sequence[torch.Tensor] = train_set.tensors
+        for idx, share in batch_indices(len(tensors[0]), batch_size, gen, dist.rank(), dist.world()):
+            x, y, *extra = (t[idx] for t in tensors)
+            yield x, y, tuple(extra), share
+        return
+    # A loader batches (and shuffles) itself. Under torchrun each rank takes every world-th batch, and all ranks stop
+    # after the same number of steps (a tail of fewer than `world` batches is dropped), so that DDP's gradient
+    # all-reduce always finds every rank. A loader with a DistributedSampler is sharded already: each rank takes all.
+    sampler = getattr(train_set, "sampler", None)
+    if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
+        sampler.set_epoch(epoch)
+    rank, world = _loader_shard(train_set)
+    for i, batch in enumerate(train_set):
+        if i >= steps * world:
+            break
+        if i % world == rank:
+            x, y, extra = split_batch(batch)
+            if y is None:
+                raise TorchslimError(f"training batch {i} has no labels; a batch is (inputs, labels, *extra)")
+            yield x, y, extra, 1.0
 
 
 def fit(
     model: nn.Module,
-    train_set: torch.utils.data.TensorDataset,
-    val_set: torch.utils.data.TensorDataset | None,
+    train_set: TrainData,
+    val_set: Any | None,
     cfg: TrainConfig,
     *,
     loss_fn: LossFn | None = None,
@@ -148,26 +308,43 @@ def fit(
     progress: bool | None = None,
     keep_from_epoch: int = 1,
 ) -> FitResult:
-    """Train `model` in place on `train_set` (tensors: x, y, *extra) and return the per-epoch history.
+    """Train `model` in place on `train_set` and return the per-epoch history.
 
-    With ``cfg.keep == "best"`` and a validation split, the weights of the best validation epoch are restored at the
-    end. `after_step` runs after every optimizer step (pruning uses it to hold masks at zero). With `checkpoint`,
-    the full training state (model, optimizer, schedule, RNG states, `extra_state` such as pruning masks, epoch) is
-    written there atomically after every epoch, and a run that finds the file continues after its last epoch.
-    Under torchrun the model is wrapped in DDP and each global batch is split across ranks. A progress bar is
-    shown while an epoch runs when `progress` is True, or by default when stderr is a terminal. Epochs before
-    `keep_from_epoch` are never the best (a gradual pruning stage: they end less sparse than asked).
+    `train_set` is a TensorDataset (x, y, *extra: batches of ``cfg.batch_size`` rows drawn by index with `seed`), or
+    a DataLoader or any re-iterable of ``(inputs, labels, *extra)`` batches, where inputs are a tensor or a mapping
+    of tensors (the model is called as ``model(**inputs)``); a loader's own batch size and order are used. Another
+    map-style dataset of ``(x, y)`` samples is batched by ``cfg.batch_size`` and shuffled with `seed`. `val_set`
+    (None, or the same kinds) gives the validation accuracy after each epoch. With ``cfg.keep == "best"`` and a
+    validation split, the weights of the best validation epoch are restored at the end. `after_step` runs after
+    every optimizer step (pruning uses it to hold masks at zero); when it is None and `model` was pruned by
+    :func:`torchslim.prune_` (its masks are attached to it), the masks are applied after every step and checkpointed,
+    so training never revives pruned weights. With `checkpoint`, the full training state (model, optimizer,
+    schedule, RNG states, `extra_state` such as pruning masks, epoch) is written there atomically after every epoch,
+    and a run that finds the file continues after its last epoch. Under torchrun the model is wrapped in DDP; each
+    global batch of a TensorDataset is split across ranks, and of a loader each rank takes every world-th batch
+    (give the loader a DistributedSampler instead and each rank takes all of its own). A progress bar is shown while
+    an epoch runs when `progress` is True, or by default when stderr is a terminal. Epochs before `keep_from_epoch`
+    are never the best (a gradual pruning stage: they end less sparse than asked).
 
     Example:
         >>> fit(model, data.train, data.val, TrainConfig(epochs=3), stage="teacher")   # doctest: +SKIP
+        >>> fit(model, train_loader, val_loader, TrainConfig(epochs=3))               # doctest: +SKIP
     """
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
-    tensors: Sequence[torch.Tensor] = train_set.tensors
-    n = len(tensors[0])
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    masks = getattr(model, "_torchslim_masks", None) if after_step is None else None
+    if masks is not None:
+        # An optimizer step moves pruned weights off zero (momentum, weight decay): put them back after each one.
+        after_step = masks.apply
+        extra_state = {**{f"masks.{k}": v for k, v in masks.masks.items()}, **(extra_state or {})}
+    gen = torch.Generator().manual_seed(seed)
+    if _is_tensor_dataset(train_set):
+        steps_per_epoch = math.ceil(len(train_set.tensors[0]) / cfg.batch_size)
+    else:
+        if _is_sample_dataset(train_set):  # samples, not batches: batch and shuffle them (drawn from `gen`: resumable)
+            train_set = torch.utils.data.DataLoader(train_set, batch_size=cfg.batch_size, shuffle=True, generator=gen)
+        steps_per_epoch = _loader_steps(train_set)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     sched = make_schedule(opt, cfg, steps_per_epoch)
-    gen = torch.Generator().manual_seed(seed)
     result = FitResult()
     best_state = None
     start = 1
@@ -185,10 +362,12 @@ def fit(
         total_loss, correct, seen = 0.0, 0, 0
         term_sums: dict[str, float] = {}
         bar = _progress(progress if dist.is_main() else False, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
-        for step, (idx, share) in enumerate(bar(batch_indices(n, cfg.batch_size, gen, dist.rank(), dist.world())),
-                                            start=1):
-            x, y, *extra = (t[idx] for t in tensors)
+        batches = _epoch_batches(train_set, cfg.batch_size, gen, epoch, steps_per_epoch)
+        for step, (x, y, extra, share) in enumerate(bar(batches), start=1):
             if cfg.jitter:
+                if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4):
+                    raise TorchslimError(f"stage '{stage}': jitter shifts images (float N×C×H×W), but the inputs "
+                                         f"are {_describe(x)}; set jitter to 0")
                 x = random_shift(x, cfg.jitter, gen)
             loss, logits, *terms = loss_fn(net, x, y, *extra)
             if cfg.bn_l1:  # network slimming: the penalty's subgradient λ·sign(γ) pulls every BN scale toward 0
@@ -213,6 +392,8 @@ def fit(
                 term_sums[name] = term_sums.get(name, 0.0) + float(value) * len(y)
 
         total_loss, correct, seen, *term_totals = dist.all_sum(total_loss, correct, seen, *term_sums.values())
+        if not seen:
+            raise TorchslimError(f"stage '{stage}': epoch {epoch} saw no training batches; the training data is empty")
         val_acc = accuracy_of(model, val_set)  # every rank holds the same weights, so the same value
         record = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen,
                   "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
@@ -267,11 +448,14 @@ def _restore(path, model, opt, sched, gen, result, extra_state) -> tuple[int, di
     return state["epoch"] + 1, state["best_state"]
 
 
-def train(model: nn.Module, data, cfg: TrainConfig, *, seed: int = 0, stage: str = "train",
-          log: Callable[[str], None] = print) -> FitResult:
-    """Train `model` in place on `data.train` with cross-entropy, validating on `data.val` (a DataBundle).
+def train(model: nn.Module, data: Any, cfg: TrainConfig, *, val: Any | None = None, seed: int = 0,
+          stage: str = "train", log: Callable[[str], None] = print) -> FitResult:
+    """Train `model` in place with cross-entropy on `data`: a DataBundle (its train split, validated on its val
+    split unless `val` is given), or a DataLoader / re-iterable of ``(inputs, labels)`` batches (validated on `val`).
 
     Example:
         >>> train(create_model("lenet5"), load_dataset("mnist"), TrainConfig(epochs=10))   # doctest: +SKIP
+        >>> train(model, train_loader, TrainConfig(epochs=3), val=val_loader)             # doctest: +SKIP
     """
-    return fit(model, data.train, data.val, cfg, seed=seed, stage=stage, log=log)
+    train_set, val_set = splits(data, val)
+    return fit(model, train_set, val_set, cfg, seed=seed, stage=stage, log=log)
