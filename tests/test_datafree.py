@@ -332,14 +332,14 @@ def test_no_training_image_reaches_the_student(method, tmp_path, digits):
 
 def _stage_run(tmp_path, method, data):
     """The datafree stage runner itself, on a given DataBundle, with a fixed teacher."""
-    from torchslim.pipeline import STAGES, RunState
+    from torchslim.pipeline import RunState
     from torchslim.recipe import load_recipe
 
     recipe = load_recipe(_recipe(tmp_path, method))
     state = RunState(recipe, tmp_path / f"run-{method}", data, lambda m: None)
     torch.manual_seed(0)
     state.teacher = create_model("resnet8", input_shape=SHAPE, width=0.25).eval()
-    art = STAGES.get("datafree")(recipe.stages[0], state, 7)
+    art = recipe.stages[0].run(state, 7)
     return art.model.state_dict(), art.info
 
 

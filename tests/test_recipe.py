@@ -48,7 +48,7 @@ def test_every_shipped_recipe_validates(recipe_path):
     # bad values, with the valid choices where there is a list
     (_with(**{"stages.prune.sparsity": 1.5}), "stages[1].sparsity: Input should be less than 1"),
     (_with(**{"teacher.train.optimizer": "adagrad"}), "teacher.train.optimizer: Input should be 'sgd', 'adam' or 'adamw'"),
-    (_with(**{"stages.0.type": "distil"}), "stages[0].type: unknown stage type 'distil' (did you mean 'distill'?); valid choices: train, distill"),
+    (_with(**{"stages.0.type": "distil"}), "stages[0].type: unknown stage type 'distil' (did you mean 'distill'?); valid choices: datafree, distill, export"),
     (_with(version=2), "this torchslim reads recipe version 1, not 2"),
     # names a registry does not know
     (_with(**{"teacher.model": "lenet-5"}), "teacher.model: unknown model 'lenet-5' (did you mean 'lenet5'?)"),

@@ -8,7 +8,7 @@ from pathlib import Path
 from torchslim import __version__
 from torchslim.errors import TorchslimError
 
-LISTABLE = ("models", "datasets", "stages", "observers", "criteria", "losses", "channel-importances")
+LISTABLE = ("models", "datasets", "tasks", "stages", "observers", "criteria", "losses", "channel-importances")
 
 
 class _ArgumentError(Exception):
@@ -94,6 +94,8 @@ def _list(what: str) -> int:
         from torchslim.models import MODELS as reg
     elif what == "datasets":
         from torchslim.data import DATASETS as reg
+    elif what == "tasks":
+        from torchslim.tasks import TASKS as reg
     elif what == "stages":
         from torchslim.pipeline import STAGES as reg
     elif what == "observers":

@@ -23,15 +23,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from torchslim.config import Config
-from torchslim.distillation.config import KDConfig
-from torchslim.distillation.datafree import DataFreeConfig
 from torchslim.errors import TorchslimError, did_you_mean
-from torchslim.export.config import ExportConfig
-from torchslim.prune.codebook import CodebookConfig
-from torchslim.prune.config import PruneConfig
-from torchslim.prune.structured import ChannelPruneConfig
-from torchslim.quant.config import StaticInt8Config
-from torchslim.quant.spec import QuantConfig
+from torchslim.pipeline.stages import STAGE_TYPES, Stage
 from torchslim.training.config import TrainConfig
 
 RECIPE_VERSION = 1
@@ -44,16 +37,58 @@ class DataSpec(Config):
     pad_to: int | None = Field(None, ge=1, le=1024, description="zero-pad images to this size (e.g. 32 for LeNet-5-classic)")
     limit_train: int | None = Field(None, ge=1)
     limit_test: int | None = Field(None, ge=1)
+    # A user's own files (name: csv or image-folder).
+    path: str | None = Field(None, description="csv / tsv / jsonl text file, or a folder of class folders")
+    test_path: str | None = Field(None, description="a separate test file (default: a fixed 20% of `path`)")
+    text_column: str | int | None = Field(None, description="column of the text: a header name or a 0-based index")
+    label_column: str | int | None = Field(None, description="column of the label: a header name or a 0-based index")
+    image_size: int | list[int] | None = Field(None, description="image-folder: resize every image to this size")
+    # Text: how the training split's vocabulary is built and how long a sequence is.
+    tokenizer: str | None = Field(None, description="word (default) | char | a local tokenizer.json (Hugging Face "
+                                                    "tokenizers)")
+    max_length: int | None = Field(None, ge=1, le=8192, description="tokens per text (default: the 99th percentile "
+                                                                    "of training lengths, at most 256)")
+    max_vocab: int | None = Field(None, ge=2, description="keep the most frequent words (default: all)")
+    min_freq: int | None = Field(None, ge=1, description="drop words seen fewer times in training (default 1)")
+    lowercase: bool | None = Field(None, description="lowercase text before tokenizing (default true)")
+
+    def load_options(self) -> dict[str, Any]:
+        """Keyword arguments of `torchslim.data.load_dataset`: the name and every field that is set."""
+        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class ModelSpec(Config):
-    model: str
-    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model factory")
+    model: str | None = Field(None, description="a zoo model: torchslim list models")
+    factory: str | None = Field(None, description="'module:function' that builds your own nn.Module (runs your code; "
+                                                  "imported from the working directory or PYTHONPATH)")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model or factory")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        given = [k for k in self._sources() if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(self._sources())}"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    def _sources(self) -> tuple[str, ...]:
+        return ("model", "factory")
+
+    def describe(self) -> str:
+        return self.model or f"factory {self.factory}"
 
 
 class TeacherSpec(ModelSpec):
+    onnx: str | None = Field(None, description="a teacher you only have as an ONNX file: run in ONNX Runtime, for "
+                                               "logit distillation (its soft labels are cached)")
     checkpoint: str | None = Field(None, description="load these weights instead of training (.safetensors or .pt)")
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def _sources(self) -> tuple[str, ...]:
+        return ("model", "factory", "onnx")
+
+    def describe(self) -> str:
+        return f"onnx {self.onnx}" if self.onnx else super().describe()
 
 
 class NamedTeacherSpec(TeacherSpec):
@@ -61,126 +96,7 @@ class NamedTeacherSpec(TeacherSpec):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="letters, digits, _ . - (a file name)")
 
 
-class _Stage(Config):
-    name: str | None = Field(None, description="unique name; also the artifact's name (default: the type)")
-
-
-class TrainStage(_Stage):
-    """Train the student on labels alone (the baseline a distilled student must beat)."""
-    type: Literal["train"]
-    train: TrainConfig = Field(default_factory=TrainConfig)
-
-
-class DistillStage(_Stage, KDConfig):
-    """Train the student from the teacher's soft targets (Hinton KD), or from a list of `losses` (feature, relation
-    and contrastive terms; `torchslim list losses`), from one teacher or several."""
-    type: Literal["distill"]
-    train: TrainConfig = Field(default_factory=TrainConfig)
-    init: Literal["fresh", "current"] = Field("fresh", description="fresh: a new student; current: continue from "
-                                                                    "the current model (FitNets' second stage)")
-    teachers: list[str] | None = Field(None, description="names of the teachers to distill from (default: all; "
-                                                         "`teacher:` is named 'teacher')")
-
-
-class PruneStage(_Stage, PruneConfig):
-    """Prune the current model (a registered criterion; unstructured or N:M); fine-tune after each round with the
-    masks held. ``schedule: gradual`` prunes during the fine-tuning; ``schedule: lottery`` retrains the current
-    architecture from a fresh initialization (seeded by the stage), rewinding between rounds."""
-    type: Literal["prune"]
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
-
-    @model_validator(mode="after")
-    def _schedule_trains(self) -> PruneStage:
-        if self.schedule in ("gradual", "lottery") and self.train.epochs < 1:
-            raise ValueError(f"schedule '{self.schedule}' prunes while it trains: set train.epochs to 1 or more")
-        if self.schedule == "lottery" and self.rewind_epoch > self.train.epochs:
-            raise ValueError(f"rewind_epoch {self.rewind_epoch} is after the last epoch of a round (train.epochs "
-                             f"{self.train.epochs}); choose 0 (initialization) to {self.train.epochs}")
-        return self
-
-
-class FinetuneStage(_Stage):
-    """Train the current model further on labels (sparsity, if any, is kept)."""
-    type: Literal["finetune"]
-    train: TrainConfig = Field(default_factory=TrainConfig)
-
-
-class QuantizeStage(_Stage, StaticInt8Config):
-    """Int8 post-training quantization of the current model, run by ONNX Runtime."""
-    type: Literal["quantize"]
-    mode: Literal["static", "dynamic"] = "static"
-
-
-class PTQStage(_Stage, QuantConfig):
-    """torchslim's own post-training quantization (2-8 bit weights and activations, choice of observer), exported
-    as QDQ ONNX with torchslim's scales so ONNX Runtime runs integer kernels."""
-    type: Literal["ptq"]
-    opset: int = Field(17, ge=13, le=21)
-
-
-class QATStage(_Stage, QuantConfig):
-    """Quantization-aware training from the current model (optionally distilled from it), exported as QDQ ONNX."""
-    type: Literal["qat"]
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=3, lr=1e-4))
-    distill: bool = Field(False, description="distill from the fp32 current model while training")
-    temperature: float = Field(4.0, gt=0, le=100)
-    alpha: float = Field(0.5, ge=0, le=1)
-    opset: int = Field(17, ge=13, le=21)
-
-
-class MixedStage(_Stage, QuantConfig):
-    """Mixed-precision weights from a per-layer sensitivity analysis: either the least sensitive allocation that fits
-    `budget` (a fraction of the uniform int8 weight bytes), or — with `tolerance_points` — accuracy-aware fallback
-    from uniform `weight.bits`, most sensitive layers first, until within the tolerance. Exported as QDQ ONNX."""
-    type: Literal["mixed"]
-    budget: float | None = Field(None, gt=0, le=4, description="weight bytes as a fraction of uniform int8")
-    tolerance_points: float | None = Field(None, ge=0, le=100, description="accuracy-aware: allowed drop in points")
-    choices: list[Literal[2, 3, 4, 8, 32]] = Field(default_factory=lambda: [2, 4, 8, 32])
-    opset: int = Field(17, ge=13, le=21)
-
-    @model_validator(mode="after")
-    def _one_goal(self) -> MixedStage:
-        if (self.budget is None) == (self.tolerance_points is None):
-            raise ValueError("mixed: give exactly one of `budget` (size) or `tolerance_points` (accuracy)")
-        return self
-
-
-class ShareStage(_Stage, CodebookConfig):
-    """Deep Compression weight sharing: k-means codebooks per layer (zeros stay zero), centroids fine-tuned with
-    shared gradients for `train.epochs`."""
-    type: Literal["share"]
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0, lr=1e-4))
-
-
-class PruneChannelsStage(_Stage, ChannelPruneConfig):
-    """Structured pruning: remove whole channels (following residual and batch-norm couplings) until the model has
-    `macs_reduction`× fewer MACs, in `rounds` rounds with `train` fine-tuning after each. The model really shrinks."""
-    type: Literal["prune_channels"]
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
-
-
-class ExportStage(_Stage, ExportConfig):
-    """Export the current model: `onnx` (fp32, verified against PyTorch) or `compressed` (Deep Compression file:
-    sparse relative indices + codebook indices, Huffman-coded; evaluated on the model loaded back from the file)."""
-    type: Literal["export"]
-    format: Literal["onnx", "compressed"] = "onnx"
-
-
-class DataFreeStage(_Stage, DataFreeConfig):
-    """Distill the teacher into a fresh student without training images: a DAFL generator, DeepInversion (BN
-    teachers), a VAE fitted to `vae.few_data` real images, or Gaussian noise (the baseline). The validation split is
-    only evaluated; no training image reaches the student. Defaults: DAFL's MNIST budget (200 × 120 steps of 512)."""
-    type: Literal["datafree"]
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=200, batch_size=512, lr=2e-3))
-
-
-STAGE_TYPES: dict[str, type[_Stage]] = {
-    "train": TrainStage, "distill": DistillStage, "prune": PruneStage,
-    "finetune": FinetuneStage, "quantize": QuantizeStage, "ptq": PTQStage, "qat": QATStage,
-    "mixed": MixedStage, "share": ShareStage, "export": ExportStage, "datafree": DataFreeStage,
-    "prune_channels": PruneChannelsStage,
-}
-Stage = Annotated[Union[tuple(STAGE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
+AnyStage = Annotated[Union[tuple(STAGE_TYPES.values())], Field(discriminator="type")]  # noqa: UP007
 
 
 class EvaluateSpec(Config):
@@ -196,7 +112,7 @@ class Recipe(Config):
     teacher: TeacherSpec | None = None
     teachers: list[NamedTeacherSpec] = Field(default_factory=list, description="further teachers, each named")
     student: ModelSpec | None = None
-    stages: list[Stage] = Field(default_factory=list)
+    stages: list[AnyStage] = Field(default_factory=list)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
 
     @model_validator(mode="after")
@@ -209,25 +125,23 @@ class Recipe(Config):
             if teacher_names.count(t.name) > 1:
                 raise ValueError(f"teachers[{i}].name: two teachers are named '{t.name}'"
                                  + (" (`teacher:` is named 'teacher')" if t.name == "teacher" else ""))
-        have_model = bool(teacher_names)
+        # An ONNX teacher is a black box: distillation can use it, but no stage can start from it.
+        have_model = any(not t.onnx for t in ([self.teacher] if self.teacher else []) + list(self.teachers))
         made_model = False
         for i, st in enumerate(self.stages):
-            where = f"stages[{i}] ({st.type})"
-            name = stage_name(st)
+            where = f"stages[{i}]"
+            name = st.label
             if name in seen or name in teacher_names or name == "teacher":
-                raise ValueError(f"{where}: two artifacts would be named '{name}'; give this stage a unique `name:`")
+                raise ValueError(f"{where} ({st.type}): two artifacts would be named '{name}'; give this stage a "
+                                 f"unique `name:`")
             seen.add(name)
-            if st.type in ("train", "distill", "datafree") and self.student is None:
-                raise ValueError(f"{where}: needs a `student:` section (the model to {st.type})")
-            if st.type == "distill" and not teacher_names:
-                raise ValueError(f"{where}: needs a `teacher:` section to distill from")
-            if st.type == "datafree" and self.teacher is None:
-                raise ValueError(f"{where}: needs a `teacher:` section to distill from (data-free uses `teacher:`)")
-            if st.type == "distill":
-                self._check_distill(f"stages[{i}]", st, teacher_names, made_model)
+            if st.makes_student and self.student is None:
+                raise ValueError(f"{where} ({st.type}): needs a `student:` section (the model to {st.type})")
+            st.check_recipe(self, where, made_model)
             made_model = True
-            if st.type not in ("train", "distill", "datafree") and not have_model:
-                raise ValueError(f"{where}: needs a model, but no teacher and no earlier train/distill stage made one")
+            if not st.makes_student and not have_model:
+                raise ValueError(f"{where} ({st.type}): needs a model, but no teacher and no earlier train/distill "
+                                 f"stage made one")
             have_model = True
         return self
 
@@ -235,27 +149,13 @@ class Recipe(Config):
         """Every teacher's name: 'teacher' for `teacher:`, then the `teachers:` list."""
         return (["teacher"] if self.teacher is not None else []) + [t.name for t in self.teachers]
 
-    @staticmethod
-    def _check_distill(where: str, st: DistillStage, teacher_names: list[str], made_model: bool) -> None:
-        for name in st.teachers or []:
-            if name not in teacher_names:
-                raise ValueError(f"{where}.teachers: unknown teacher '{name}'{did_you_mean(name, teacher_names)}; "
-                                 f"valid choices: {', '.join(teacher_names)}")
-        used = st.teachers or teacher_names
-        if st.teacher_weights is not None and len(st.teacher_weights) != len(used):
-            raise ValueError(f"{where}.teacher_weights: {len(st.teacher_weights)} weights for {len(used)} teachers "
-                             f"({', '.join(used)})")
-        for k, spec in enumerate(st.losses):
-            if spec.from_teacher is not None and spec.from_teacher not in used:
-                raise ValueError(f"{where}.losses[{k}].from_teacher: unknown teacher '{spec.from_teacher}'"
-                                 f"{did_you_mean(spec.from_teacher, used)}; this stage's teachers: {', '.join(used)}")
-        if st.init == "current" and not made_model:
-            raise ValueError(f"{where}.init: 'current' continues from the model of an earlier stage, but this is the "
-                             f"first stage; use init: fresh")
+    def teacher_spec(self, name: str) -> TeacherSpec:
+        """The teacher section named `name` ('teacher' is `teacher:`)."""
+        return self.teacher if name == "teacher" else next(t for t in self.teachers if t.name == name)
 
 
-def stage_name(stage: _Stage) -> str:
-    return stage.name or stage.type
+def stage_name(stage: Stage) -> str:
+    return stage.label
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
@@ -298,27 +198,37 @@ def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
 
 
 def _check_names_and_files(recipe: Recipe) -> None:
-    """Names a registry must know, and files that must exist, checked before any work starts."""
+    """Names a registry must know, factories that must import, and files that must exist, checked before any work
+    starts."""
     from torchslim.data import DATASETS
     from torchslim.models import MODELS
+    from torchslim.models.factory import import_factory
 
-    checks = [("data.name", DATASETS, recipe.data.name)]
-    checks += [(f"{role}.model", MODELS, spec.model) for role in ("teacher", "student")
-               if (spec := getattr(recipe, role)) is not None]
-    checks += [(f"teachers[{i}].model", MODELS, t.model) for i, t in enumerate(recipe.teachers)]
-    for where, registry, name in checks:
-        if name not in registry:
-            try:
-                registry.get(name)
-            except TorchslimError as e:
-                raise TorchslimError(f"{where}: {e}") from None
-    if recipe.teacher and recipe.teacher.checkpoint and not Path(recipe.teacher.checkpoint).is_file():
-        raise TorchslimError(f"teacher.checkpoint: file not found: {recipe.teacher.checkpoint}")
-    for i, t in enumerate(recipe.teachers):
-        if t.checkpoint and not Path(t.checkpoint).is_file():
-            raise TorchslimError(f"teachers[{i}].checkpoint: file not found: {t.checkpoint}")
+    if recipe.data.name not in DATASETS:
+        try:
+            DATASETS.get(recipe.data.name)
+        except TorchslimError as e:
+            raise TorchslimError(f"data.name: {e}") from None
+    roles = [(role, spec) for role in ("teacher", "student") if (spec := getattr(recipe, role)) is not None]
+    roles += [(f"teachers[{i}]", t) for i, t in enumerate(recipe.teachers)]
+    for role, spec in roles:
+        try:
+            if spec.model is not None:
+                MODELS.get(spec.model)
+            if spec.factory is not None:
+                import_factory(spec.factory)
+        except TorchslimError as e:
+            raise TorchslimError(f"{role}.{'model' if spec.model is not None else 'factory'}: {e}") from None
+        for key in ("checkpoint", "onnx"):
+            value = getattr(spec, key, None)
+            if value and not Path(value).is_file():
+                raise TorchslimError(f"{role}.{key}: file not found: {value}")
     if recipe.data.root and not Path(recipe.data.root).is_dir():
         raise TorchslimError(f"data.root: folder not found: {recipe.data.root}")
+    for key in ("path", "test_path"):
+        value = getattr(recipe.data, key)
+        if value and not Path(value).exists():
+            raise TorchslimError(f"data.{key}: not found: {value}")
 
 
 def _fmt_loc(loc: tuple) -> str:

@@ -1,0 +1,99 @@
+"""Stages that make the model sparser or smaller: `prune` (weights), `prune_channels` (whole channels) and `share`
+(Deep Compression's k-means weight sharing)."""
+from __future__ import annotations
+
+import copy
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from torchslim.artifact import Artifact
+from torchslim.pipeline.stages.base import STAGES, RunState, Stage, fit_info
+from torchslim.prune import (ChannelPruneConfig, CodebookConfig, PruneConfig, finetune_codebooks,
+                             prune_channels_to_target, prune_with_schedule, reinitialize_, share_weights_)
+from torchslim.training import TrainConfig
+
+
+@STAGES.register("prune", help="pruning by a registered criterion: one-shot, iterative, gradual (AGP) or lottery "
+                               "ticket, with masked fine-tuning")
+class PruneStage(Stage, PruneConfig):
+    """Prune the current model (a registered criterion; unstructured or N:M); fine-tune after each round with the
+    masks held. ``schedule: gradual`` prunes during the fine-tuning; ``schedule: lottery`` retrains the current
+    architecture from a fresh initialization (seeded by the stage), rewinding between rounds."""
+
+    type: Literal["prune"]
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
+    every_rank = True
+
+    @model_validator(mode="after")
+    def _schedule_trains(self) -> PruneStage:
+        if self.schedule in ("gradual", "lottery") and self.train.epochs < 1:
+            raise ValueError(f"schedule '{self.schedule}' prunes while it trains: set train.epochs to 1 or more")
+        if self.schedule == "lottery" and self.rewind_epoch > self.train.epochs:
+            raise ValueError(f"rewind_epoch {self.rewind_epoch} is after the last epoch of a round (train.epochs "
+                             f"{self.train.epochs}); choose 0 (initialization) to {self.train.epochs}")
+        return self
+
+    def run(self, state: RunState, seed: int) -> Artifact:
+        model, info = prune_with_schedule(
+            self.start_model(state), self, state.data, self.train, seed=seed, stage=self.label, log=state.log,
+            checkpoint=state.checkpoint(self.label), round_checkpoint=state.round_checkpoint(self.label),
+            fresh_init=lambda s: self._fresh_model(state, s))
+        return self.pytorch_artifact(state, model, info)
+
+    @staticmethod
+    def _fresh_model(state: RunState, seed: int) -> tuple[nn.Module, str]:
+        """A new initialization of the current model's architecture, drawn from `seed` (a lottery ticket's θ_0):
+        from the recipe's model section when it builds the same architecture (its own init, e.g. He init for
+        ResNets), else PyTorch's default init of a copy, e.g. after structured pruning changed the widths."""
+        spec = state.recipe.student if state.student else state.recipe.teacher
+        if spec is not None:
+            torch.manual_seed(seed)
+            fresh = state.create(spec)
+            if {k: v.shape for k, v in fresh.state_dict().items()} == \
+                    {k: v.shape for k, v in state.model.state_dict().items()}:
+                return fresh, f"{spec.model or spec.factory} factory, seed {seed}"
+        return reinitialize_(copy.deepcopy(state.model), seed), f"reset_parameters of the current model, seed {seed}"
+
+
+@STAGES.register("prune_channels", help="structured pruning: remove whole channels down to a MACs target "
+                                        "(Torch-Pruning's dependency graph), fine-tuning after each round")
+class PruneChannelsStage(Stage, ChannelPruneConfig):
+    """Structured pruning: remove whole channels (following residual and batch-norm couplings) until the model has
+    `macs_reduction`× fewer MACs, in `rounds` rounds with `train` fine-tuning after each. The model really shrinks."""
+
+    type: Literal["prune_channels"]
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
+    every_rank = True
+
+    def run(self, state: RunState, seed: int) -> Artifact:
+        model = self.start_model(state)
+        # Pruning is deterministic, so a resumed run rebuilds the same shapes before its round checkpoint loads.
+        info = prune_channels_to_target(model, self, state.data, self.train, example_inputs=state.example_inputs(1),
+                                        seed=seed, checkpoint=state.round_checkpoint(self.label), stage=self.label,
+                                        log=state.log)
+        return self.pytorch_artifact(state, model, info)
+
+
+@STAGES.register("share", help="Deep Compression k-means weight sharing with centroid fine-tuning")
+class ShareStage(Stage, CodebookConfig):
+    """Deep Compression weight sharing: k-means codebooks per layer (zeros stay zero), centroids fine-tuned with
+    shared gradients for `train.epochs`."""
+
+    type: Literal["share"]
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0, lr=1e-4))
+    every_rank = True
+
+    def run(self, state: RunState, seed: int) -> Artifact:
+        model = self.start_model(state)
+        books = share_weights_(model, self)
+        info: dict = {"codebook": self.model_dump(include=set(CodebookConfig.model_fields)),
+                      "bits": {name: b.bits for name, b in books.items()}}
+        if self.train.epochs:
+            books, fitted = finetune_codebooks(model, books, state.data.train, state.data.val, self.train, seed=seed,
+                                               bias_dtype=self.bias_dtype, stage=self.label, log=state.log)
+            info.update(fit_info(fitted))
+        state.codebooks = books
+        return self.pytorch_artifact(state, model, info)

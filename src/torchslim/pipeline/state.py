@@ -1,0 +1,72 @@
+"""The run state a stage reads and extends: the data, the teachers, the current model and every artifact so far."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from torchslim.artifact import Artifact
+from torchslim.errors import TorchslimError
+from torchslim.io import save_checkpoint
+from torchslim.training import dist
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class RunState:
+    recipe: Any  # torchslim.recipe.Recipe (not imported: the recipe imports the stages, which import this)
+    out: Path
+    data: Any  # torchslim.data.DataBundle
+    log: Log
+    teacher: nn.Module | None = None
+    teachers: dict[str, nn.Module] = field(default_factory=dict)  # every teacher by name (`teacher:` is "teacher")
+    model: nn.Module | None = None  # the current model: what the next stage starts from
+    student: str | None = None  # name of the first student artifact, the "uncompressed student" baseline
+    artifacts: list[Artifact] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    codebooks: dict | None = None  # from a `share` stage, for a compressed export of the same model
+
+    @property
+    def task(self):
+        return self.data.task
+
+    def create(self, spec: Any) -> nn.Module:
+        """A fresh model from a recipe's model section (a zoo name, a user's `factory`, or an ONNX teacher)."""
+        if getattr(spec, "onnx", None):
+            from torchslim.distillation.onnx_teacher import OnnxTeacher
+
+            return OnnxTeacher(spec.onnx, self.data.num_classes, example_inputs=self.example_inputs(2))
+        from torchslim.models.factory import build_model
+
+        return build_model(spec, self.data.num_classes, self.task)
+
+    def example_inputs(self, batch_size: int = 1) -> Any:
+        return self.task.example_inputs(batch_size)
+
+    def save(self, model: nn.Module, name: str, meta: dict) -> Path:
+        path = self.out / f"{name}.safetensors"
+        if dist.is_main():
+            save_checkpoint(model, path, meta)
+        return path
+
+    def checkpoint(self, name: str) -> Path:
+        """Where a training stage keeps its per-epoch state (removed once the stage is finished)."""
+        return checkpoint_path(self.out, name)
+
+    def round_checkpoint(self, name: str) -> Callable[[int], Path]:
+        """Per-round checkpoints of a stage that trains in rounds (pruning)."""
+        return lambda k: self.checkpoint(f"{name} round {k}")
+
+    def test_inputs(self):
+        """The test split's inputs (for verification of exported and quantized files)."""
+        if self.data.test is None:
+            raise TorchslimError("the data has no test split to verify against")
+        return self.data.test.tensors[0]
+
+
+def checkpoint_path(out: Path, name: str) -> Path:
+    return out / "checkpoints" / f"{name.replace(' ', '-')}.pt"
