@@ -95,7 +95,7 @@ def main() -> int:
     from torchslim.distillation import KDConfig, distill
     from torchslim.distillation.datafree import (DAFLConfig, DataFreeConfig, DeepInversionConfig, FewDataVAEConfig,
                                                  distill_data_free, few_data_indices)
-    from torchslim.io import load_checkpoint, save_checkpoint
+    from torchslim import load_checkpoint, save_checkpoint
     from torchslim.models import create_model
     from torchslim.training import TrainConfig, accuracy_of, fit
 
@@ -225,10 +225,12 @@ def time_dafl_iteration(teacher, gen_cfg, args, shape) -> dict:
 
 
 def write(results: dict, args, seconds: float, torch) -> None:
+    from torchslim.evaluation import machine_info
+
     pct = lambda v: None if v is None else round(100 * v, 2)  # noqa: E731
     out = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": round(seconds, 1),
            "load_average": {"start": LOAD_START, "end": list(os.getloadavg())},
-           "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count()},
+           "machine": machine_info(),
            "versions": {"python": platform.python_version(), "torch": torch.__version__},
            "threads": torch.get_num_threads(), "seed": args.seed, "settings": vars(args), "paper": PAPER,
            "rows": results}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -53,10 +52,11 @@ def main() -> int:
     import torch
 
     from torchslim.data import load_dataset
+    from torchslim.distillation import kd_loss
+    from torchslim.evaluation import machine_info
     from torchslim.export import load_compressed, save_compressed
     from torchslim.models import create_model
     from torchslim.prune import CodebookConfig, Masks, finetune_codebooks, magnitude_masks, share_weights_
-    from torchslim.distillation import kd_loss
     from torchslim.training import TrainConfig, accuracy_of, fit, predict
 
     torch.set_num_threads(args.threads)
@@ -84,6 +84,8 @@ def main() -> int:
         extra = {"loss_fn": kd_step}
 
     layers = {name: model.get_submodule(name) for name in keep}
+    # Not torchslim.prune.iterative_prune: the paper fixes each layer's kept fraction (iterative_prune takes one
+    # target, or per-layer levels from its own sensitivity analysis), and --kd-temperature retrains with a loss_fn.
     for k in range(1, args.rounds + 1):
         # The same fraction of the remaining weights is removed each round, reaching the paper's kept fraction.
         masks = {}
@@ -110,7 +112,7 @@ def main() -> int:
 
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "model": args.model, "seconds": round(time.perf_counter() - t0, 1),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "machine": machine_info(),
         "settings": vars(args), "kept": kept, "bits": bits,
         "error_percent": {"dense": round(dense_err, 2), "pruned": round(pruned_err, 2),
                           "shared_before_finetune": round(shared_err, 2), "final_from_file": round(final_err, 2)},

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,9 +34,10 @@ def main() -> int:
     import torch
     from torch.utils.data import TensorDataset
 
+    from torchslim import load_checkpoint
     from torchslim.data import load_dataset
     from torchslim.distillation import KDConfig, distill
-    from torchslim.io import load_checkpoint
+    from torchslim.evaluation import machine_info
     from torchslim.models import create_model
     from torchslim.training import TrainConfig, predict
 
@@ -79,7 +79,7 @@ def main() -> int:
     before, after = sweep[0.0], sweep[PAPER["bias"]]
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": round(time.perf_counter() - t0, 1),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()}, "threads": args.threads,
+        "machine": machine_info(), "threads": args.threads,
         "seed": args.seed, "torch": torch.__version__, "teacher": args.teacher, "teacher_test_errors": teacher_errors,
         "test_threes": int(threes.sum()), "transfer_images": int(keep.sum()),
         "errors": before[0], "errors_on_3": before[1],

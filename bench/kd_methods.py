@@ -77,7 +77,7 @@ def _teacher_path(name: str, args) -> Path:
 
 
 def _load_teacher(name: str, args, data):
-    from torchslim.io import load_checkpoint
+    from torchslim import load_checkpoint
     from torchslim.models import create_model
 
     model = create_model(TEACHERS[name][0], num_classes=data.num_classes, input_shape=data.input_shape)
@@ -89,7 +89,7 @@ def train_teacher(name: str, args) -> dict:
     """Train one teacher on the first `teacher_train_size` rows and cache it (1 thread)."""
     import torch
 
-    from torchslim.io import save_checkpoint
+    from torchslim import save_checkpoint
     from torchslim.models import create_model
     from torchslim.training import accuracy_of, fit
 
@@ -251,11 +251,9 @@ def _pct(value: float | None) -> str:
 
 
 def _machine() -> dict:
-    import torch
+    from torchslim.evaluation import machine_info
 
-    from torchslim.evaluation import _machine as machine
-
-    return {**machine(), "torch_threads_per_process": 1, "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    return {**machine_info(), "torch_threads_per_process": 1}
 
 
 def _write(name: str, payload: dict, md: list[str]) -> None:
@@ -393,8 +391,7 @@ def cmd_time(args) -> int:
     """ms per training sample (1 thread) for each kind of row, and the projected wall time of `table`."""
     import torch
 
-    from torchslim.distillation import KDConfig
-    from torchslim.distillation.objective import build_objective
+    from torchslim.distillation import KDConfig, build_objective
     from torchslim.models import create_model
 
     torch.set_num_threads(1)
@@ -405,6 +402,7 @@ def cmd_time(args) -> int:
     features = _features(args.negatives)
     kinds = {"student": None, "kd": [{"name": "kd"}], **{f"{m}+kd": [{"name": "kd"}, *s] for m, s in features.items()}}
     ms = {}
+    # A few optimizer steps timed by hand, not fit(): only the per-sample cost of each loss is wanted here.
     for row, losses in kinds.items():
         student = create_model("resnet8", num_classes=10, input_shape=data.input_shape)
         opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)

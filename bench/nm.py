@@ -76,6 +76,7 @@ def _semi_structured() -> dict:
 
 def _interleaved(runners: list, x, seconds: float, rounds: int) -> list[dict]:
     """Wall and thread-CPU time of individual calls, the runners interleaved; one summary per runner (ms)."""
+    # Not torchslim.evaluation.measure_latencies: that records wall time only, and this bench needs the CPU time too.
     import gc
 
     import numpy as np
@@ -113,7 +114,7 @@ def _measure(key: str, label: str, input_shape: tuple, make, settings: dict, out
     import numpy as np
     import torch
 
-    from torchslim.artifact import Artifact
+    from torchslim import Artifact
     from torchslim.evaluation import make_runner
     from torchslim.export import export_onnx
     from torchslim.prune import PruneConfig, prunable_layers, prune_
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = "1"  # before torch starts its pool
     import torch
 
-    from torchslim.evaluation import _machine
+    from torchslim.evaluation import machine_info
 
     torch.set_num_threads(1)
     settings = QUICK if args.quick else FULL
@@ -237,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     semi = _semi_structured()
     result = {"experiment": "nm", "command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick,
               "settings": settings, "threads": 1, "seed": SEED, "seconds": round(time.perf_counter() - t0, 1),
-              "machine": _machine(), "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+              "machine": machine_info(), "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
               "models": models, "semi_structured": semi}
     results = Path(args.results) if args.results else (out if args.quick else ROOT / "bench" / "results")
     results.mkdir(parents=True, exist_ok=True)

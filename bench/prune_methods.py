@@ -53,13 +53,12 @@ def _meta(args, t0: float) -> dict:
     import torch
 
     import torchslim
+    from torchslim.evaluation import machine_info
 
     return {"command": " ".join([Path(sys.executable).name, *sys.argv]), "seconds": round(time.perf_counter() - t0, 1),
-            "cpu_seconds": round(time.process_time(), 1),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpu_count": os.cpu_count()},
+            "cpu_seconds": round(time.process_time(), 1), "machine": machine_info(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "torchslim": getattr(torchslim, "__version__", "?")},
+                         "torchslim": torchslim.__version__},
             "threads": torch.get_num_threads(), "seed": args.seed, "settings": vars(args)}
 
 
@@ -81,9 +80,8 @@ def _layers(model):
 
 # -------------------------------------------------------------------------------------------------------------- table
 def _one(dense, data, criterion: str, schedule: str, sparsity: float, args) -> dict:
-    from torchslim.prune import PruneConfig, prunable_layers, prune_
-    from torchslim.prune.schedules import gradual_prune, iterative_targets
-    from torchslim.training import TrainConfig, fit
+    from torchslim.prune import PruneConfig, gradual_prune, iterative_prune, prunable_layers
+    from torchslim.training import TrainConfig
 
     model = copy.deepcopy(dense)
     exclude = ["fc3"] if criterion in UNIT_CRITERIA else []
@@ -96,14 +94,13 @@ def _one(dense, data, criterion: str, schedule: str, sparsity: float, args) -> d
     if schedule == "gradual":
         cfg = PruneConfig(schedule="gradual", sparsity=level, criterion=criterion, exclude=exclude,
                           update_every=args.update_every, ramp=2 / 3)
+        # gradual_prune itself, not prune_with_schedule, which would fine-tune with seed + 1.
         gradual_prune(model, cfg, data, ft, seed=args.seed, log=quiet)
     else:
-        rounds = 3 if schedule == "iterative" else 1
-        cfg = PruneConfig(sparsity=level, criterion=criterion, exclude=exclude)
-        per_round = ft.model_copy(update={"epochs": max(1, args.ft_epochs // rounds)})
-        for k, target in enumerate(iterative_targets(level, rounds), start=1):
-            masks = prune_(model, cfg, sparsity=target, data=data)
-            fit(model, data.train, data.val, per_round, seed=args.seed + k, after_step=masks.apply, log=quiet)
+        cfg = PruneConfig(schedule=schedule, sparsity=level, criterion=criterion, exclude=exclude,
+                          **({"rounds": 3} if schedule == "iterative" else {}))
+        per_round = ft.model_copy(update={"epochs": max(1, args.ft_epochs // len(cfg.round_targets()))})
+        iterative_prune(model, cfg, data, per_round, seed=args.seed, log=quiet)
     layers = prunable_layers(model)
     zeros = {n: round(float((m.weight == 0).float().mean()), 4) for n, m in layers.items()}
     overall = sum(int((m.weight == 0).sum()) for m in layers.values()) / total
@@ -133,8 +130,7 @@ def _lottery_cell(data, sparsity: float, args) -> dict:
     import torch
 
     from torchslim.models import create_model
-    from torchslim.prune import PruneConfig
-    from torchslim.prune.schedules import lottery_ticket
+    from torchslim.prune import PruneConfig, lottery_ticket
     from torchslim.training import TrainConfig
 
     rounds = 5
@@ -229,9 +225,7 @@ def lottery(args) -> int:
     import torch
 
     from torchslim.models import create_model
-    from torchslim.prune import PruneConfig
-    from torchslim.prune import Masks
-    from torchslim.prune.schedules import lottery_ticket
+    from torchslim.prune import Masks, PruneConfig, lottery_ticket
     from torchslim.training import TrainConfig, fit
 
     t0 = time.perf_counter()
@@ -262,7 +256,8 @@ def lottery(args) -> int:
     run("rewind to init", 0)
     if args.rewind_epoch:
         run(f"rewind to epoch {args.rewind_epoch}", args.rewind_epoch)
-    # The control: each round's mask (from the θ_0 run), trained from a fresh random init.
+    # The control: each round's mask (from the θ_0 run), trained from a fresh random init. Kept here rather than
+    # PruneConfig(reinit=True): lottery_ticket re-initializes only its last round, and this curve needs every round.
     points = curves.setdefault("random re-init", [])
     for k, masks in sorted(masks_by_round.items()):
         torch.manual_seed(args.seed + 1000)
@@ -336,7 +331,7 @@ def _lottery_md(result: dict, args) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("table", help="criteria × schedules at 90% and 95% sparsity")
+    t = sub.add_parser("table", help="criteria × schedules at 90%% and 95%% sparsity")
     t.add_argument("--dense-epochs", type=int, default=10)
     t.add_argument("--ft-epochs", type=int, default=3, help="fine-tuning budget of every oneshot/iterative/gradual cell")
     t.add_argument("--ft-lr", type=float, default=5e-4)

@@ -68,7 +68,7 @@ class Bench:
         """The fp32 model `key`, loaded from bench/out/quant/<key>.safetensors or trained and saved there."""
         import torch
 
-        from torchslim.io import load_checkpoint, save_checkpoint
+        from torchslim import load_checkpoint, save_checkpoint
         from torchslim.models import create_model
         from torchslim.training import fit
 
@@ -86,7 +86,7 @@ class Bench:
                               "seconds": round(time.perf_counter() - t0, 1), "cached": False}
 
     def onnx_accuracy(self, path: Path, data) -> float:
-        from torchslim.artifact import Artifact
+        from torchslim import Artifact
         from torchslim.evaluation import accuracy, make_runner
 
         return accuracy(make_runner(Artifact(path.stem, "bench", "onnxruntime", path), self.threads), data.test)[0]
@@ -109,10 +109,10 @@ class Bench:
         return row
 
     def write(self, experiment: str, result: dict, markdown: list[str]) -> None:
-        from torchslim.evaluation import _machine
+        from torchslim.evaluation import machine_info
 
         result = {"experiment": experiment, "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                  "quick": self.quick, "threads": self.threads, "seed": 0, "machine": _machine(), **result}
+                  "quick": self.quick, "threads": self.threads, "seed": 0, "machine": machine_info(), **result}
         stem = f"quant-{experiment}"
         (self.results / f"{stem}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
         head = [f"# quant {experiment}: `{result['command']}`", "",
@@ -293,6 +293,7 @@ def mixed(b: Bench) -> None:
     x = data.train.tensors[0]
     s = b.settings
     b.log("[mixed] per-layer sensitivity (weights only, activations float)")
+    # Not quant.mixed_precision (one budget per call, each with its own sensitivity pass): one pass serves them all.
     rows = layer_sensitivity(model, _wa(8, 8), data, bits=(2, 4, 8), max_samples=s["sensitivity_rows"])
     plot_sensitivity(rows, b.results / "quant-mixed-sensitivity.png", metric="drop",
                      title="ResNet-20 / Fashion-MNIST: accuracy drop with one layer's weights quantized")

@@ -66,11 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TORCHSLIM_DATA", str(ROOT.parent / "shared" / "data"))
 
+    from torchslim import TorchslimError, load_recipe, run_recipe
     from torchslim.evaluation import render_markdown
-    from torchslim.pipeline import run_recipe
-    from torchslim.recipe import load_recipe
-
-    from torchslim.errors import TorchslimError
 
     recipe_path, check = EXPERIMENTS[args.experiment]
     t0 = time.perf_counter()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -80,10 +79,11 @@ def main() -> int:
     base = rows[0]["samples_per_second"]
     for r in rows:
         r["speedup_vs_first"] = round(r["samples_per_second"] / base, 2)
+    from torchslim.evaluation import machine_info  # imports torch: only once the timed runs are over
+
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "model": args.model,
               "dataset": args.dataset, "samples": args.samples, "batch_size": args.batch_size, "epochs": args.epochs,
-              "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-              "rows": rows}
+              "machine": machine_info(), "rows": rows}
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     (results / "scaling.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -14,8 +14,10 @@ bench/out/speed-quick/ so a smoke run never replaces the committed numbers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
+import logging
 import os
 import sys
 import time
@@ -34,12 +36,22 @@ WITHIN = 0.05  # "as fast as the fastest": within 5%
 MAX_LOSS_POINTS = 0.3
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """ORT's quantizer logs every tensor at INFO through the root logger; keep the bench's output readable."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _torchao(model):
     """`model` copied and quantized with torchao's int8 dynamic activation + int8 weight config, or the reason why
     not. torchao quantizes nn.Linear only: convolutions stay float."""
     try:
-        import logging
-
         logging.getLogger("torchao").setLevel(logging.ERROR)  # it logs each optional CUDA kernel it cannot load
         import torchao
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
@@ -56,7 +68,7 @@ def _torchao(model):
 def _train(name: str, spec: dict, data, settings: dict, out: Path, log):
     import torch
 
-    from torchslim.io import load_checkpoint, save_checkpoint
+    from torchslim import load_checkpoint, save_checkpoint
     from torchslim.models import create_model
     from torchslim.training import TrainConfig, fit
 
@@ -78,10 +90,9 @@ def _variants(name: str, model, weights: Path, data, out: Path, log) -> tuple[li
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from torchslim.artifact import Artifact
+    from torchslim import Artifact
     from torchslim.export import export_onnx
     from torchslim.quant import QuantConfig, StaticInt8Config, export_qdq, ort_kernels, ptq, quantize_static_int8
-    from torchslim.quant.ort import _quiet_ort_logging
 
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,8 +122,10 @@ def _variants(name: str, model, weights: Path, data, out: Path, log) -> tuple[li
                          "quant": "W8A8 minmax; per-channel conv weights, per-tensor linear weights"})
 
     def ort_dynamic():
+        # ORT's own quantize_dynamic on the very fp32 file timed above, not torchslim.quant.quantize_dynamic_int8
+        # (which exports and pre-processes a file of its own): this row is ORT's tool as a user would call it.
         path = folder / "ort-dynamic.onnx"
-        with _quiet_ort_logging():
+        with _quiet_root_logger():
             quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
         return Artifact("ort-dynamic", "quantize", "onnxruntime", path, model,
                         {**source, "mode": "dynamic", "kernels": ort_kernels(path)})
@@ -140,8 +153,8 @@ def _measure(name: str, spec: dict, settings: dict, threads: int, out: Path, log
     import torch
 
     from torchslim.data import load_dataset
-    from torchslim.evaluation import LatencyConfig, accuracy, count_macs, count_params, make_runner, measure_latencies
-    from torchslim.evaluation.report import speed_notes
+    from torchslim.evaluation import (LatencyConfig, accuracy, count_macs, count_params, make_runner, measure_latencies,
+                                      speed_notes)
 
     data = load_dataset("mnist", val_size=1000, limit_train=settings["train"], limit_test=settings["test"])
     threads_before = torch.get_num_threads()
@@ -150,7 +163,7 @@ def _measure(name: str, spec: dict, settings: dict, threads: int, out: Path, log
     model, weights, train_cfg = _train(name, spec, data, settings, out, log)
     arts, torchao = _variants(name, model, weights, data, out, log)
     ok = [a for a in arts if not isinstance(a, str)]
-    try:
+    try:  # evaluate()'s own steps, not evaluate(): this table's columns (loss vs fp32, the fp32 MACs) are its own
         runners = [make_runner(a, threads) for a in ok]
         accuracies = [accuracy(run, data.test)[0] for run in runners]
         latency = LatencyConfig(threads=threads, batch_sizes=(1, 64), max_seconds=settings["max_seconds"],
@@ -229,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("TORCHSLIM_DATA", str(ROOT.parent / "shared" / "data"))
 
-    from torchslim.evaluation import _machine
+    from torchslim.evaluation import machine_info
 
     settings = QUICK if args.quick else FULL
     out = ROOT / "bench" / "out" / ("speed-quick" if args.quick else "speed")
@@ -240,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     torchao = next(iter(models.values()))["torchao"]["status"] if models else "not run"
     result = {"experiment": "speed", "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "quick": args.quick, "settings": settings, "threads": args.threads, "seed": 0,
-              "seconds": round(time.perf_counter() - t0, 1), "machine": _machine(), "torchao": torchao,
+              "seconds": round(time.perf_counter() - t0, 1), "machine": machine_info(), "torchao": torchao,
               "models": models}
     # A smoke run must not overwrite the committed results: it writes beside its run folder instead.
     results = Path(args.results) if args.results else (out if args.quick else ROOT / "bench" / "results")

@@ -67,7 +67,7 @@ def dense_model(data, s: dict, out: Path, checkpoint: Path | None = None) -> tup
     settings, else trained (and cached)."""
     import torch
 
-    from torchslim.io import load_checkpoint, save_checkpoint
+    from torchslim import load_checkpoint, save_checkpoint
     from torchslim.models import create_model
     from torchslim.training import fit
 
@@ -96,9 +96,9 @@ def prune_variant(dense, data, name: str, importance: str, round_to: int | None,
     """Prune a copy of `dense` to MACS_REDUCTION× fewer MACs in `rounds` rounds, fine-tuning after each."""
     import torch
 
+    from torchslim import save_checkpoint
     from torchslim.evaluation import count_macs
-    from torchslim.io import save_checkpoint
-    from torchslim.prune.structured import ChannelPruneConfig, prune_channels_
+    from torchslim.prune import ChannelPruneConfig, prune_channels_
     from torchslim.training import accuracy_of, fit
 
     cfg = ChannelPruneConfig(macs_reduction=MACS_REDUCTION, importance=importance, scope="global", rounds=s["rounds"],
@@ -107,6 +107,8 @@ def prune_variant(dense, data, name: str, importance: str, round_to: int | None,
     example = torch.zeros(1, *data.input_shape)
     t0 = time.perf_counter()
     rounds = []
+    # Not prune.prune_channels_to_target: bn_scale's penalty changes per round, and each round's accuracy right after
+    # pruning (before fine-tuning) is recorded.
     for k, target in enumerate(cfg.round_targets(count_macs(model, data.input_shape)), start=1):
         info = prune_channels_(model, cfg, example, data=data, target_macs=target)
         pruned_val = accuracy_of(model, data.val)
@@ -127,7 +129,7 @@ def prune_variant(dense, data, name: str, importance: str, round_to: int | None,
 
 def measure(models: dict, data, s: dict, out: Path, threads: int, rounds: int = 5) -> dict:
     """Accuracy (PyTorch and ONNX Runtime), MACs, params, and interleaved latency of every model."""
-    from torchslim.artifact import Artifact
+    from torchslim import Artifact
     from torchslim.evaluation import LatencyConfig, accuracy, count_macs, count_params, make_runner, measure_latencies
     from torchslim.export import export_onnx, verify_onnx
 
@@ -213,7 +215,7 @@ def cpu_times(models: dict, data, out: Path, threads: int, calls: dict[str, int]
     the whole call runs on the calling thread, so its CPU time is the compute alone."""
     import numpy as np
 
-    from torchslim.artifact import Artifact
+    from torchslim import Artifact
     from torchslim.evaluation import make_runner
 
     runners = {(name, rt): make_runner(Artifact(name, "bench", rt, out / f"{name}.onnx", model), threads)
@@ -238,11 +240,12 @@ def remeasure(args, s: dict, out: Path, results: Path) -> int:
     pruned by l1 with unrounded widths and not fine-tuned (its accuracy means nothing; its speed is the point)."""
     import torch
 
+    from torchslim import load_checkpoint
     from torchslim.data import load_dataset
-    from torchslim.evaluation import _machine
-    from torchslim.io import load_checkpoint, load_state_dict
+    from torchslim.evaluation import machine_info
+    from torchslim.io import load_state_dict
     from torchslim.models import create_model
-    from torchslim.prune.structured import ChannelPruneConfig, prune_channels_, resize_to_state_dict_
+    from torchslim.prune import ChannelPruneConfig, prune_channels_, resize_to_state_dict_
 
     t0 = time.perf_counter()
     data = load_dataset("fashion-mnist", limit_train=s["limit_train"], limit_test=s["limit_test"])
@@ -263,7 +266,7 @@ def remeasure(args, s: dict, out: Path, results: Path) -> int:
     measured = measure(models, data, s, out, args.threads, rounds=10)
     cpu = cpu_times(models, data, out, args.threads, calls={"1": 200, "64": 4} if args.quick else {"1": 400, "64": 20})
     result = {"experiment": "structured-latency", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "threads": args.threads, "seed": 0, "machine": _machine(), **measured, "cpu_ms": cpu,
+              "threads": args.threads, "seed": 0, "machine": machine_info(), **measured, "cpu_ms": cpu,
               "seconds": round(time.perf_counter() - t0, 1)}
     (results / "structured-latency.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     lines = [f"# Structured pruning, latency re-measured: `{result['command']}`", "",
@@ -292,7 +295,7 @@ def baseline(args, s: dict, out: Path, results: Path) -> int:
     but not pruned: the pruned models trained that much longer than the dense one, and this says what the extra
     epochs alone are worth."""
     from torchslim.data import load_dataset
-    from torchslim.evaluation import _machine
+    from torchslim.evaluation import machine_info
     from torchslim.training import accuracy_of, fit
 
     t0 = time.perf_counter()
@@ -304,7 +307,7 @@ def baseline(args, s: dict, out: Path, results: Path) -> int:
         history += fit(model, data.train, data.val, _finetune_train(s["finetune_epochs"]), seed=k,
                        stage=f"dense round {k}", log=log, progress=False).history
     result = {"experiment": "structured-baseline", "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "threads": args.threads, "seed": 0, "machine": _machine(), "dense": info,
+              "threads": args.threads, "seed": 0, "machine": machine_info(), "dense": info,
               "dense_test_accuracy": accuracy_of(dense, data.test),
               "dense_finetuned_test_accuracy": accuracy_of(model, data.test), "history": history,
               "seconds": round(time.perf_counter() - t0, 1)}
@@ -342,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from torchslim.data import load_dataset
-    from torchslim.evaluation import _machine
+    from torchslim.evaluation import machine_info
 
     torch.set_num_threads(args.threads)
     s = QUICK if args.quick else FULL
@@ -375,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"experiment": "structured", "command": " ".join([Path(sys.executable).name, *sys.argv]),
               "quick": args.quick, "threads": args.threads, "seed": 0,
-              "machine": {**_machine(), "torch_pruning": version("torch-pruning")}, "settings": s,
+              "machine": {**machine_info(), "torch_pruning": version("torch-pruning")}, "settings": s,
               "macs_reduction": MACS_REDUCTION, "bn_l1": BN_L1,
               "data": {"name": "fashion-mnist", "train": len(data.train), "val": len(data.val) if data.val else 0,
                        "test": len(data.test)},

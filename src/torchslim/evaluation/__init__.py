@@ -35,7 +35,7 @@ from torchslim.evaluation.measure import (
     measure_latencies,
     memory_sizes,
 )
-from torchslim.evaluation.report import print_table, render_html, render_markdown, write_report
+from torchslim.evaluation.report import print_table, render_html, render_markdown, speed_notes, write_report
 from torchslim.tasks import ImageClassification, Task
 
 __all__ = [
@@ -51,12 +51,14 @@ __all__ = [
     "file_sizes",
     "format_table",
     "latency",
+    "machine_info",
     "make_runner",
     "measure_latencies",
     "memory_sizes",
     "print_table",
     "render_html",
     "render_markdown",
+    "speed_notes",
     "write_report",
 ]
 
@@ -358,7 +360,7 @@ def build_report(
         "data": _data_section(data),
         "threads": threads,
         "latency_protocol": protocol,
-        "machine": _machine(),
+        "machine": machine_info(),
         "artifacts": records,
     }
     clash = sorted(set(meta) & set(report))
@@ -389,7 +391,14 @@ def _source(data: Any) -> str | None:
     return str(source) if isinstance(source, (str, Path, os.PathLike)) else source
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
+    """What a measurement ran on, as a report and every ``bench/`` result record it: platform, CPU model name, CPU
+    count, and the Python, PyTorch and ONNX Runtime versions (None when onnxruntime is not installed).
+
+    Example:
+        >>> sorted(machine_info())
+        ['cpu_count', 'onnxruntime', 'platform', 'processor', 'python', 'torch']
+    """
     try:
         import onnxruntime
 
