@@ -340,7 +340,7 @@ def _stage_run(tmp_path, method, data):
     torch.manual_seed(0)
     state.teacher = create_model("resnet8", input_shape=SHAPE, width=0.25).eval()
     art = recipe.stages[0].run(state, 7)
-    return art.model.state_dict(), art.info
+    return art.model.state_dict(), art.info["datafree"]
 
 
 @pytest.mark.parametrize("method", ["dafl", "vae"])
@@ -348,7 +348,7 @@ def test_only_the_few_data_rows_can_influence_the_student(method, tmp_path, digi
     """Replace every training image the method may not use with NaN: the student comes out bit-identical. For
     dafl that is every training image; for vae all but the `few_data` rows recorded in the artifact's info."""
     clean, info = _stage_run(tmp_path, method, digits)
-    keep = torch.tensor(info.get("few_data_indices", []), dtype=torch.long)
+    keep = torch.tensor(info.few_data_indices or [], dtype=torch.long)
     if method == "vae":
         assert len(keep) == 30 and keep.unique().numel() == 30 and keep.equal(few_data_indices(len(digits.train), 30, 7))
     x = torch.full_like(digits.train.tensors[0], float("nan"))
@@ -382,8 +382,9 @@ def test_recipe_stage_reports_and_resumes(tmp_path):
     assert main(["run", str(recipe), "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     art = {a["name"]: a for a in report["artifacts"]}
-    assert list(art) == ["teacher", "datafree"] and art["datafree"]["info"]["method"] == "noise"
-    assert len(art["datafree"]["info"]["history"]) == 2 and Path(art["datafree"]["path"]).is_file()
+    datafree = art["datafree"]["info"]["datafree"]
+    assert list(art) == ["teacher", "datafree"] and datafree["method"] == "noise"
+    assert len(datafree["history"]) == 2 and Path(art["datafree"]["path"]).is_file()
     # A resumed run reloads the finished stage from its file and measures the same model.
     assert main(["run", str(recipe), "--out", str(out), "--quiet", "--resume"]) == 0
     again = {a["name"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
@@ -406,16 +407,49 @@ def test_ema_student_is_the_average_of_the_same_trajectory(bn_teacher, digits):
     assert accuracy_of(averaged, digits.val) == info["history"][-1]["val_accuracy"]
 
 
+def _untimed(info):
+    """`info` without its wall-clock times."""
+    if isinstance(info, dict):
+        return {k: _untimed(v) for k, v in info.items() if not k.endswith("seconds")}
+    return [_untimed(v) for v in info] if isinstance(info, list) else info
+
+
 @pytest.mark.parametrize("method,ema", [("dafl", 0.0), ("deepinversion", 0.0), ("dafl", 0.9)])
 def test_interrupted_run_resumes_to_the_same_student(method, ema, tmp_path, bn_teacher, digits):
     cfg, ckpt = TINY.model_copy(update={"method": method, "ema_decay": ema}), tmp_path / "c.pt"
+    if method == "dafl":
+        cfg = cfg.model_copy(update={"dafl": cfg.dafl.model_copy(update={"student_shift": 1, "student_mixup": 0.5})})
     kw = dict(input_shape=SHAPE, num_classes=10, val=digits.val, seed=3, **QUIET)
     whole = _student()
-    distill_data_free(whole, bn_teacher, cfg, TrainConfig(epochs=3, batch_size=16, keep="last"), **kw)
+    expected = distill_data_free(whole, bn_teacher, cfg, TrainConfig(epochs=3, batch_size=16, keep="last"), **kw)
     part = _student()
     distill_data_free(part, bn_teacher, cfg, TrainConfig(epochs=1, batch_size=16, keep="last"), checkpoint=ckpt, **kw)
+    # One checkpoint, fit's, read back without running code: the source's state (generator, replay buffer or
+    # transfer set, random stream) and the weight average travel in it.
+    saved = torch.load(ckpt, weights_only=True)
+    if method == "dafl":
+        assert {"generator", "generator_optimizer", "replay"} <= saved["train_set"].keys()
+    else:
+        assert saved["train_set"]["transfer"].shape == (48, *SHAPE)
+    assert ("ema" in saved) == bool(ema)
     resumed = _student()  # a fresh process: new weights, picked up from the checkpoint after epoch 1
     info = distill_data_free(resumed, bn_teacher, cfg, TrainConfig(epochs=3, batch_size=16, keep="last"),
                              checkpoint=ckpt, **kw)
     assert [h["epoch"] for h in info["history"]] == [1, 2, 3]
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    assert _untimed(info) == _untimed(expected)  # the curves, the transfer set, the synthesis records: all the same
+
+
+def test_distill_data_free_is_fit_on_a_batch_source(bn_teacher, digits):
+    """The function adds nothing to the training itself: fit on the method's batch source gives the same student."""
+    from torchslim.distillation.datafree import NoiseBatches
+
+    cfg, train = TINY.model_copy(update={"method": "noise", "ema_decay": 0.9}), TrainConfig(epochs=2, batch_size=16)
+    via_function = _student()
+    info = distill_data_free(via_function, bn_teacher, cfg, train, input_shape=SHAPE, num_classes=10, val=digits.val,
+                             seed=4, **QUIET)
+    batches = NoiseBatches(bn_teacher, cfg, batch_size=16, input_shape=SHAPE, num_classes=10, seed=4)
+    via_fit = _student()
+    result = fit(via_fit, batches, digits.val, train, loss_fn=batches.loss, seed=4, ema_decay=0.9, **QUIET)
+    assert all(torch.equal(a, b) for a, b in zip(via_function.state_dict().values(), via_fit.state_dict().values()))
+    assert [h["loss_kd"] for h in info["history"]] == [h["terms"]["loss_kd"] for h in result.history]

@@ -15,6 +15,10 @@ Where the student's inputs come from (`DataFreeConfig.method`):
 For ``dafl``, ``deepinversion`` and ``noise`` the function below has no argument through which training images could
 arrive: it takes the teacher, the validation split (for monitoring only, always in eval mode) and nothing else.
 
+The student trains in the one training loop, :func:`torchslim.training.fit`: what is data-free is a batch source
+(:class:`DataFreeBatches`, one subclass per kind of input) that makes each batch, trains the DAFL generator between
+student steps, and hands fit its state (generator, replay buffer, transfer set, random stream) to checkpoint.
+
 Example:
     >>> cfg = DataFreeConfig(method="dafl", iterations=120)
     >>> info = distill_data_free(student, teacher, cfg, TrainConfig(epochs=200, batch_size=512, lr=2e-3),
@@ -22,14 +26,12 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -40,8 +42,9 @@ from torch import nn
 from torchslim.config import Config
 from torchslim.distillation.losses import kd_loss
 from torchslim.errors import TorchslimError, unknown_choice
+from torchslim.tasks import forward
 from torchslim.training.config import TrainConfig
-from torchslim.training.ema import WeightEMA
+from torchslim.training.loop import StopTraining, accuracy_of, fit, predict
 
 METHODS = ("dafl", "deepinversion", "vae", "noise")
 
@@ -467,7 +470,7 @@ def synthesize_vae(
     return samples, records
 
 
-# ------------------------------------------------------------------------------------------------------ the function
+# ------------------------------------------------------------------------------------------- the student's batches
 def _feature_module(teacher: nn.Module, name: str | None) -> tuple[str, nn.Module]:
     """The teacher module DAFL's activation loss reads: `name`, or by default the last Linear layer (whose input is
     the penultimate features)."""
@@ -495,16 +498,238 @@ def _feature_tap(teacher: nn.Module, name: str | None) -> tuple[dict, object, st
     return box, handle, found
 
 
-def _epoch_batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> torch.Tensor:
-    """`steps` × `batch_size` row indices into a set of n rows: consecutive random permutations, cut into batches.
-
-    Drawn per epoch from `gen` alone, so that a resumed run draws exactly what an uninterrupted one would.
-    """
+def _epoch_rows(n: int, batch_size: int, steps: int, gen: torch.Generator) -> torch.Tensor:
+    """`steps` × `batch_size` row indices into a set of n rows: consecutive random permutations, cut into batches."""
     need = steps * batch_size
     order = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(need / n))])
     return order[:need].view(steps, batch_size)
 
 
+class DataFreeBatches:
+    """The student's batches, a batch source for :func:`torchslim.training.fit`: per epoch `cfg.iterations`
+    iterations, each one a fresh batch of `batch_size` inputs labelled by the teacher and then `student_steps` student
+    steps. A batch is ``(x, teacher's argmax, teacher's logits)`` and :meth:`loss` is the KD loss on it; subclasses
+    say where the inputs come from (:meth:`inputs`). Everything random is drawn from one generator seeded with `seed`,
+    whose state fit checkpoints with the rest of :meth:`state_dict`, so a resumed run draws exactly the batches an
+    uninterrupted one would. Every rank draws the same batches (``per_rank``): under torchrun each computes the run
+    a single process would.
+
+    Example:
+        >>> batches = NoiseBatches(teacher, DataFreeConfig(method="noise"), batch_size=64, input_shape=(1, 28, 28),
+        ...                        num_classes=10, seed=0)                                      # doctest: +SKIP
+        >>> fit(student, batches, data.val, TrainConfig(epochs=5), loss_fn=batches.loss)      # doctest: +SKIP
+    """
+
+    per_rank = True
+    student_steps = 1
+
+    def __init__(self, teacher: nn.Module, cfg: DataFreeConfig, *, batch_size: int, input_shape: tuple[int, int, int],
+                 num_classes: int, seed: int) -> None:
+        self.teacher, self.cfg, self.batch_size = teacher, cfg, batch_size
+        self.input_shape, self.num_classes = tuple(input_shape), num_classes
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.sums: dict[str, float] = defaultdict(float)  # this epoch's per-iteration numbers, summed
+
+    def __len__(self) -> int:
+        return self.cfg.iterations * self.student_steps
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        self.sums = defaultdict(float)
+        for step in range(1, self.cfg.iterations + 1):
+            x, t_logits = self.inputs(step)
+            self.sums["teacher_confidence"] += F.softmax(t_logits, 1).max(1).values.mean().item()
+            for k in range(self.student_steps):
+                xs, ts = self.student_inputs(k, x, t_logits)
+                yield xs, ts.argmax(1), ts
+
+    def inputs(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Iteration `step`'s fresh inputs (N×C×H×W) and the teacher's logits on them (N×classes), both detached."""
+        raise NotImplementedError
+
+    def student_inputs(self, k: int, x: torch.Tensor, t_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inputs and teacher logits of the iteration's k-th student step (k = 0, 1, ...): by default its own."""
+        return x, t_logits
+
+    def loss(self, model: nn.Module, x: torch.Tensor, labels: torch.Tensor, t_logits: torch.Tensor):
+        """Hinton KD on the teacher's soft targets alone (alpha=0: there are no labels; `labels` is its argmax)."""
+        s_logits = forward(model, x)
+        loss = kd_loss(s_logits, t_logits, labels, self.cfg.temperature, 0.0)
+        # Means per iteration (over its student steps), as data-free curves have always been reported.
+        self.sums["loss_kd"] += loss.item() / self.student_steps
+        self.sums["agreement"] += (s_logits.argmax(1) == labels).float().mean().item() / self.student_steps
+        return loss, s_logits
+
+    def metrics(self) -> dict[str, float]:
+        """The epoch's means per iteration (fit adds them to the epoch's record)."""
+        return {k: v / self.cfg.iterations for k, v in self.sums.items()}
+
+    def state_dict(self) -> dict:
+        return {"rng": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["rng"])
+
+    def info(self) -> dict:
+        """What the run's info shows of the inputs."""
+        return {}
+
+    def close(self) -> None:
+        """Remove any hook this source put on the teacher."""
+
+
+class NoiseBatches(DataFreeBatches):
+    """Gaussian noise, N(0, 1) per pixel, fresh every step: DAFL's baseline."""
+
+    def inputs(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(self.batch_size, *self.input_shape, generator=self.gen)
+        with torch.no_grad():
+            return x, self.teacher(x)
+
+
+class TransferSetBatches(DataFreeBatches):
+    """Batches of a transfer set that `synthesize(gen)` makes once (DeepInversion, a few-data VAE), labelled by the
+    teacher once (nothing augments it, so its logits never change); each epoch cuts consecutive random permutations
+    of it into batches. The set is made on first use: a resumed run restores it from the checkpoint instead."""
+
+    def __init__(self, teacher: nn.Module, cfg: DataFreeConfig, *,
+                 synthesize: Callable[[torch.Generator], tuple[torch.Tensor, list[dict]]], **kw) -> None:
+        super().__init__(teacher, cfg, **kw)
+        self.synthesize = synthesize
+        self.transfer: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self.synthesis: list[dict] = []  # one record per synthesis batch or VAE epoch
+        self.synthesis_seconds: float | None = None
+
+    def transfer_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images K×C×H×W, the teacher's logits K×classes), synthesised and labelled on the first call."""
+        if self.transfer is None:
+            t0 = time.perf_counter()
+            self.transfer, self.synthesis = self.synthesize(self.gen)
+            self.synthesis_seconds = time.perf_counter() - t0
+        if self.logits is None:
+            self.logits = predict(self.teacher, self.transfer)
+        return self.transfer, self.logits
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        self.rows = _epoch_rows(len(self.transfer_set()[0]), self.batch_size, self.cfg.iterations, self.gen)
+        yield from super().__iter__()
+
+    def inputs(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.rows[step - 1]
+        return self.transfer[idx], self.logits[idx]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "transfer": self.transfer, "synthesis": json.dumps(self.synthesis),
+                "synthesis_seconds": self.synthesis_seconds}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.transfer, self.logits = state["transfer"], None
+        self.synthesis, self.synthesis_seconds = json.loads(state["synthesis"]), state["synthesis_seconds"]
+
+    def info(self) -> dict:
+        transfer, logits = self.transfer_set()
+        mean_p = F.softmax(logits, 1).mean(0)
+        return {"synthesis": self.synthesis, "synthesis_seconds": self.synthesis_seconds, "transfer_set": {
+            "size": len(transfer),
+            "teacher_class_histogram": torch.bincount(logits.argmax(1), minlength=self.num_classes).tolist(),
+            "entropy_of_mean_softmax": -(mean_p * mean_p.clamp_min(1e-12).log()).sum().item()}}
+
+
+class DAFLBatches(DataFreeBatches):
+    """DAFL's inputs: every iteration is one step of a generator trained against the frozen teacher (one-hot,
+    entropy and activation losses, and optionally the adversarial term against `student`), and then `student_steps`
+    student steps: on its very (detached) samples as in DAFL's code, the extra ones on samples drawn from a replay
+    buffer of recent ones; each shifted, mixed and relabelled by the teacher if `student_shift` / `student_mixup`.
+    A generator whose samples have all become one constant stops training (:class:`StopTraining`)."""
+
+    def __init__(self, teacher: nn.Module, cfg: DataFreeConfig, *, student: nn.Module, seed: int, **kw) -> None:
+        super().__init__(teacher, cfg, seed=seed, **kw)
+        self.student, self.student_steps, self.collapsed = student, cfg.dafl.student_steps, None
+        with torch.random.fork_rng(devices=[]):  # seeded weights without moving the caller's global RNG
+            torch.manual_seed(seed)
+            self.generator = DAFLGenerator(cfg.dafl.latent_dim, self.input_shape, cfg.dafl.generator_width)
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.dafl.generator_lr)
+        self.replay = None
+        if cfg.dafl.replay_size:
+            if cfg.dafl.replay_size < self.batch_size:
+                raise TorchslimError(f"dafl.replay_size={cfg.dafl.replay_size} must hold at least one batch "
+                                     f"(train.batch_size={self.batch_size})")
+            self.replay = {"x": torch.zeros(cfg.dafl.replay_size, *self.input_shape), "next": 0, "filled": 0,
+                           "t": torch.zeros(cfg.dafl.replay_size, self.num_classes)}
+        self.features, self._tap, self.feature_layer = _feature_tap(teacher, cfg.dafl.feature_layer)
+
+    def inputs(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg, bs = self.cfg.dafl, self.batch_size
+        self.generator.train()
+        x = self.generator(torch.randn(bs, cfg.latent_dim, generator=self.gen))
+        t_logits = self.teacher(x)
+        terms = dafl_losses(t_logits, self.features["f"])
+        g_loss = cfg.onehot_weight * terms["onehot"] + cfg.entropy_weight * terms["entropy"] \
+            + cfg.activation_weight * terms["activation"]
+        if cfg.adversarial_weight:
+            # The student's parameters get gradients here too; fit's optimizer zeroes them before the student's step.
+            terms["adversarial"] = -(self.student(x) - t_logits).abs().mean()
+            g_loss = g_loss + cfg.adversarial_weight * terms["adversarial"]
+        self.optimizer.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.optimizer.step()
+        x, t_logits = x.detach(), t_logits.detach()
+        if x.std() < 1e-4:
+            # Every tanh output saturated to the same value, so the final BN maps the batch to zeros and no gradient
+            # reaches the generator again: the rest of the run would teach nothing.
+            self.collapsed = {"epoch": self.epoch, "step": step}
+            raise StopTraining(f"the generator collapsed at epoch {self.epoch}, step {step} (every sample constant); "
+                               f"lower dafl.generator_lr (now {cfg.generator_lr}) or change the seed")
+        if self.replay is not None:  # a ring buffer: the oldest samples are overwritten first
+            replay = self.replay
+            slots = (torch.arange(bs) + replay["next"]) % len(replay["x"])
+            replay["x"][slots], replay["t"][slots] = x, t_logits
+            replay["next"] = (replay["next"] + bs) % len(replay["x"])
+            replay["filled"] = min(replay["filled"] + bs, len(replay["x"]))
+        for k, v in terms.items():
+            self.sums[f"loss_{k}"] += v.item()
+        self.sums["loss_generator"] += g_loss.item()
+        return x, t_logits
+
+    def student_inputs(self, k: int, x: torch.Tensor, t_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = self.cfg.dafl
+        if k > 0:  # the extra student steps: earlier generated samples from the replay buffer
+            idx = torch.randint(self.replay["filled"], (self.batch_size,), generator=self.gen)
+            x, t_logits = self.replay["x"][idx], self.replay["t"][idx]
+        if cfg.student_shift or cfg.student_mixup:
+            if cfg.student_shift:
+                x = random_shift(x, cfg.student_shift, self.gen)
+            if cfg.student_mixup:
+                x = random_mixup(x, cfg.student_mixup, self.gen)
+            with torch.no_grad():
+                t_logits = self.teacher(x)
+        return x, t_logits
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.state_dict(),
+                "generator_optimizer": self.optimizer.state_dict(), "replay": self.replay}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["generator_optimizer"])
+        if self.replay is not None:
+            self.replay.update(state["replay"])
+
+    def info(self) -> dict:
+        return {"feature_layer": self.feature_layer,
+                **({"generator_collapsed": self.collapsed} if self.collapsed is not None else {})}
+
+    def close(self) -> None:
+        self._tap.remove()
+
+
+# ------------------------------------------------------------------------------------------------------ the function
 def distill_data_free(
     student: nn.Module,
     teacher: nn.Module,
@@ -524,17 +749,17 @@ def distill_data_free(
 
     `val` is only evaluated (eval mode, no gradients) to report and keep the best epoch (`train.keep`). `few_data`
     (images only, no labels) is required by, and only allowed for, method ``vae``. `train` gives the student's
-    epochs, batch size, optimizer, learning rate and schedule; an epoch is `cfg.iterations` steps. With
-    `checkpoint`, the whole state is saved after each epoch and a run that finds the file continues from it.
+    epochs, batch size, optimizer, learning rate and schedule (and jitter, bn_l1, as for any training); an epoch is
+    `cfg.iterations` iterations of ``dafl.student_steps`` (dafl) or one student step. The student is trained by
+    :func:`torchslim.training.fit` on the method's :class:`DataFreeBatches`; with `checkpoint`, fit saves the whole
+    state after each epoch (the generator, replay buffer or transfer set with it) and a run that finds the file
+    continues from it, to the student an uninterrupted run would have made.
 
     Example:
         >>> info = distill_data_free(student, teacher, DataFreeConfig(method="dafl"), TrainConfig(epochs=200,
         ...     batch_size=512, lr=2e-3), input_shape=(1, 32, 32), num_classes=10, val=data.val)   # doctest: +SKIP
         >>> info["best_val_accuracy"]   # doctest: +SKIP
     """
-    from torchslim.training import dist
-    from torchslim.training.loop import accuracy_of, make_optimizer, make_schedule, predict
-
     method = cfg.method
     check_data_free(cfg, teacher, input_shape)
     if (few_data is not None) != (method == "vae"):
@@ -543,214 +768,44 @@ def distill_data_free(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    gen = torch.Generator().manual_seed(seed)
-    bs = train.batch_size
     t_start = time.perf_counter()
     info: dict = {"method": method, "config": cfg.model_dump(), "teacher_val_accuracy": accuracy_of(teacher, val)}
 
-    # 1. The inputs' source: a generator trained alongside the student (dafl), fresh noise each step (noise), or a
-    #    transfer set synthesised once, before the student's first step (deepinversion, vae).
-    generator = g_opt = tap = replay = None
-    transfer = transfer_logits = None
-    student_steps = cfg.dafl.student_steps if method == "dafl" else 1
+    # The inputs' source: a generator trained alongside the student (dafl), fresh noise each step (noise), or a
+    # transfer set synthesised once, before the student's first step (deepinversion, vae).
+    common = {"batch_size": train.batch_size, "input_shape": input_shape, "num_classes": num_classes, "seed": seed}
     if method == "dafl":
-        with torch.random.fork_rng(devices=[]):  # seeded weights without moving the caller's global RNG
-            torch.manual_seed(seed)
-            generator = DAFLGenerator(cfg.dafl.latent_dim, input_shape, cfg.dafl.generator_width)
-        g_opt = torch.optim.Adam(generator.parameters(), lr=cfg.dafl.generator_lr)
-        box, tap, info["feature_layer"] = _feature_tap(teacher, cfg.dafl.feature_layer)
-        if cfg.dafl.replay_size:
-            if cfg.dafl.replay_size < bs:
-                raise TorchslimError(f"dafl.replay_size={cfg.dafl.replay_size} must hold at least one batch "
-                                     f"(train.batch_size={bs})")
-            replay = {"x": torch.zeros(cfg.dafl.replay_size, *input_shape), "next": 0, "filled": 0,
-                      "t": torch.zeros(cfg.dafl.replay_size, num_classes)}
-
-    opt = make_optimizer([p for p in student.parameters() if p.requires_grad], train)
-    sched = make_schedule(opt, train, cfg.iterations * student_steps)
-    ema = WeightEMA(student, cfg.ema_decay) if cfg.ema_decay else None
-    history: list[dict] = []
-    best = {"epoch": None, "val_accuracy": None, "state": None}
-    start = 1
-    if checkpoint is not None and Path(checkpoint).is_file():
-        start, transfer, synthesis = _restore(checkpoint, student, opt, sched, generator, g_opt, gen, history, best,
-                                              replay, ema)
-        info["synthesis"] = synthesis
-        log(f"[{stage}] resumed from {checkpoint} after epoch {start - 1}")
-    if method in ("deepinversion", "vae") and transfer is None:
-        if method == "deepinversion":
-            transfer, info["synthesis"] = synthesize_deepinversion(teacher, cfg.deepinversion, input_shape,
-                                                                   num_classes, gen, log, stage)
-        else:
-            transfer, info["synthesis"] = synthesize_vae(few_data, cfg.vae, gen, log, stage)
-        info["synthesis_seconds"] = time.perf_counter() - t_start
-    if transfer is not None:
-        # No augmentation of the transfer set, so the teacher's logits are computed once.
-        transfer_logits = predict(teacher, transfer)
-        mean_p = F.softmax(transfer_logits, 1).mean(0)
-        info["transfer_set"] = {"size": len(transfer), "teacher_class_histogram": torch.bincount(
-            transfer_logits.argmax(1), minlength=num_classes).tolist(),
-            "entropy_of_mean_softmax": -(mean_p * mean_p.clamp_min(1e-12).log()).sum().item()}
-
-    # 2. The student: `iterations` steps per epoch. For dafl one iteration is a generator step, then a student step
-    #    on the very same (detached) samples, as in DAFL's code (shifted, mixed and relabelled by the teacher if
-    #    `student_shift` / `student_mixup`).
-    collapsed = None
+        batches: DataFreeBatches = DAFLBatches(teacher, cfg, student=student, **common)
+    elif method == "noise":
+        batches = NoiseBatches(teacher, cfg, **common)
+    elif method == "deepinversion":
+        batches = TransferSetBatches(teacher, cfg, **common, synthesize=lambda gen: synthesize_deepinversion(
+            teacher, cfg.deepinversion, input_shape, num_classes, gen, log, stage))
+    else:
+        batches = TransferSetBatches(teacher, cfg, **common, synthesize=lambda gen: synthesize_vae(
+            few_data, cfg.vae, gen, log, stage))
     try:
-        for epoch in range(start, train.epochs + 1):
-            t0 = time.perf_counter()
-            student.train()
-            sums: dict[str, float] = defaultdict(float)
-            rows = _epoch_batches(len(transfer), bs, cfg.iterations, gen) if transfer is not None else None
-            for step in range(1, cfg.iterations + 1):
-                if method == "dafl":
-                    generator.train()
-                    x = generator(torch.randn(bs, cfg.dafl.latent_dim, generator=gen))
-                    t_logits = teacher(x)
-                    terms = dafl_losses(t_logits, box["f"])
-                    g_loss = (cfg.dafl.onehot_weight * terms["onehot"] + cfg.dafl.entropy_weight * terms["entropy"]
-                              + cfg.dafl.activation_weight * terms["activation"])
-                    if cfg.dafl.adversarial_weight:
-                        # The student's parameters get gradients here too; its optimizer zeroes them before its step.
-                        terms["adversarial"] = -(student(x) - t_logits).abs().mean()
-                        g_loss = g_loss + cfg.dafl.adversarial_weight * terms["adversarial"]
-                    g_opt.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    g_opt.step()
-                    x, t_logits = x.detach(), t_logits.detach()
-                    if x.std() < 1e-4:
-                        # Every tanh output saturated to the same value, so the final BN maps the batch to zeros and
-                        # no gradient reaches the generator again: the rest of the run would teach nothing.
-                        collapsed = {"epoch": epoch, "step": step}
-                        break
-                    if replay is not None:  # a ring buffer: the oldest samples are overwritten first
-                        slots = (torch.arange(bs) + replay["next"]) % len(replay["x"])
-                        replay["x"][slots], replay["t"][slots] = x, t_logits
-                        replay["next"] = (replay["next"] + bs) % len(replay["x"])
-                        replay["filled"] = min(replay["filled"] + bs, len(replay["x"]))
-                    for k, v in terms.items():
-                        sums[f"loss_{k}"] += v.item()
-                    sums["loss_generator"] += g_loss.item()
-                elif method == "noise":
-                    x = torch.randn(bs, *input_shape, generator=gen)
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                else:
-                    idx = rows[step - 1]
-                    x, t_logits = transfer[idx], transfer_logits[idx]
-
-                sums["teacher_confidence"] += F.softmax(t_logits, 1).max(1).values.mean().item()
-                for k in range(student_steps):
-                    if k > 0:  # dafl's extra student steps: earlier generated samples from the replay buffer
-                        idx = torch.randint(replay["filled"], (bs,), generator=gen)
-                        x, t_logits = replay["x"][idx], replay["t"][idx]
-                    if method == "dafl" and (cfg.dafl.student_shift or cfg.dafl.student_mixup):
-                        if cfg.dafl.student_shift:
-                            x = random_shift(x, cfg.dafl.student_shift, gen)
-                        if cfg.dafl.student_mixup:
-                            x = random_mixup(x, cfg.dafl.student_mixup, gen)
-                        with torch.no_grad():
-                            t_logits = teacher(x)
-                    s_logits = student(x)
-                    # Hinton KD on the teacher's soft targets only (alpha=0: there are no labels).
-                    loss = kd_loss(s_logits, t_logits, t_logits.argmax(1), cfg.temperature, 0.0)
-                    if not torch.isfinite(loss):
-                        raise TorchslimError(f"stage '{stage}': KD loss became {loss.item()} at epoch {epoch}, step "
-                                             f"{step}; lower the learning rates (student {train.lr}) or check the "
-                                             f"teacher")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    if ema is not None:
-                        ema.update(student)
-                    sums["loss_kd"] += loss.item() / student_steps
-                    sums["agreement"] += (s_logits.argmax(1) == t_logits.argmax(1)).float().mean().item() / student_steps
-
-            if collapsed is not None:
-                info["generator_collapsed"] = collapsed
-                log(f"[{stage}] stopped: the generator collapsed at epoch {epoch}, step {collapsed['step']} (every "
-                    f"sample constant); lower dafl.generator_lr (now {cfg.dafl.generator_lr}) or change the seed")
-                break
-            val_acc = accuracy_of(student, val)
-            record = {"epoch": epoch, **{k: v / cfg.iterations for k, v in sums.items()}, "val_accuracy": val_acc,
-                      "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-            if ema is not None:  # the averaged weights are the ones validated, kept and returned
-                with ema.applied_to(student):
-                    val_acc = accuracy_of(student, val)
-                record.update(val_accuracy=val_acc, val_accuracy_raw=record["val_accuracy"])
-            history.append(record)
-            extra = f"  gen {record['loss_generator']:.3f} (onehot {record['loss_onehot']:.3f} entropy " \
-                    f"{record['loss_entropy']:.3f} act {record['loss_activation']:.3f})" if method == "dafl" else ""
-            val_txt = f"  val {100 * val_acc:6.2f}%" if val_acc is not None else ""
-            if ema is not None and val_acc is not None:
-                val_txt += f" (EMA; raw {100 * record['val_accuracy_raw']:.2f}%)"
-            log(f"[{stage}] epoch {epoch:>3}/{train.epochs}  kd {record['loss_kd']:.4f}  agree "
-                f"{100 * record['agreement']:6.2f}%{extra}{val_txt}  ({record['seconds']:.1f}s)")
-            if val_acc is not None and (best["val_accuracy"] is None or val_acc > best["val_accuracy"]):
-                kept = ema.state if ema is not None else student.state_dict()
-                best.update(epoch=epoch, val_accuracy=val_acc,
-                            state=copy.deepcopy(kept) if train.keep == "best" else None)
-            if checkpoint is not None and dist.is_main():  # every rank computes the same; one writes
-                _save(checkpoint, epoch, student, opt, sched, generator, g_opt, gen, history, best, transfer,
-                      info.get("synthesis"), replay, ema)
+        result = fit(student, batches, val, train, loss_fn=batches.loss, seed=seed, checkpoint=checkpoint,
+                     stage=stage, log=log, ema_decay=cfg.ema_decay)
     finally:
-        if tap is not None:
-            tap.remove()
+        batches.close()
 
-    if train.keep == "best" and best["state"] is not None and (best["epoch"] != train.epochs or ema is not None):
-        student.load_state_dict(best["state"])
-        log(f"[{stage}] kept the {'averaged ' if ema is not None else ''}weights of epoch {best['epoch']} (best "
-            f"validation accuracy {100 * best['val_accuracy']:.2f}%)")
-    elif ema is not None:
-        student.load_state_dict(ema.state)
-    student.eval()
-    info.update(history=history, best_epoch=best["epoch"], best_val_accuracy=best["val_accuracy"],
-                kept="best" if train.keep == "best" and best["state"] is not None else "last",
+    info.update(batches.info())
+    info.update(history=[_epoch_record(r) for r in result.history], best_epoch=result.best_epoch,
+                best_val_accuracy=result.best_val_accuracy,
+                kept="best" if train.keep == "best" and result.best_epoch is not None else "last",
                 seconds=time.perf_counter() - t_start)
-    if generator is not None:
-        info["generator_params"] = sum(p.numel() for p in generator.parameters())
+    if isinstance(batches, DAFLBatches):
+        info["generator_params"] = sum(p.numel() for p in batches.generator.parameters())
     return info
 
 
-def _save(path, epoch, student, opt, sched, generator, g_opt, gen, history, best, transfer, synthesis,
-          replay, ema) -> None:
-    """The whole state after an epoch, atomically (read back with weights_only=True: no code runs)."""
-    from torchslim.io import atomic_path
-
-    state = {"epoch": epoch, "student": student.state_dict(), "optimizer": opt.state_dict(),
-             "schedule": sched.state_dict(), "generator_rng": gen.get_state(), "torch_rng": torch.get_rng_state(),
-             "history": json.dumps(history), "synthesis": json.dumps(synthesis),
-             "best_epoch": best["epoch"], "best_val_accuracy": best["val_accuracy"], "best_state": best["state"]}
-    if generator is not None:
-        state.update(generator=generator.state_dict(), generator_optimizer=g_opt.state_dict())
-    if transfer is not None:
-        state["transfer"] = transfer
-    if replay is not None:
-        state["replay"] = replay
-    if ema is not None:
-        state["ema"] = ema.state_dict()
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _restore(path, student, opt, sched, generator, g_opt, gen, history, best, replay, ema):
-    from torchslim.io import resume_errors
-
-    with resume_errors(path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
-        if generator is not None:
-            generator.load_state_dict(state["generator"])
-            g_opt.load_state_dict(state["generator_optimizer"])
-        if ema is not None:  # a checkpoint written without ema_decay has no "ema": KeyError, reported as one line
-            ema.load_state_dict(state["ema"])
-    gen.set_state(state["generator_rng"])
-    torch.set_rng_state(state["torch_rng"])
-    history.extend(json.loads(state["history"]))
-    best.update(epoch=state["best_epoch"], val_accuracy=state["best_val_accuracy"], state=state["best_state"])
-    if replay is not None:
-        replay.update(state["replay"])
-    return state["epoch"] + 1, state.get("transfer"), json.loads(state["synthesis"])
+def _epoch_record(fitted: dict) -> dict:
+    """One of fit's epoch records as data-free runs report it: the batch source's numbers (generator losses, teacher
+    confidence, KD loss, agreement with the teacher) at the top level, fit's own loss and accuracy (the same KD loss
+    and agreement, averaged per sample) left out."""
+    record = {"epoch": fitted["epoch"], **fitted.get("terms", {}), "val_accuracy": fitted["val_accuracy"],
+              "lr": fitted["lr"], "seconds": fitted["seconds"]}
+    if "val_accuracy_raw" in fitted:  # with ema_decay: val_accuracy is the average's
+        record["val_accuracy_raw"] = fitted["val_accuracy_raw"]
+    return record

@@ -1,7 +1,9 @@
 """Training: one loop (`fit`), its config, and the optimizer/schedule factories."""
 from torchslim.training.config import TrainConfig
+from torchslim.training.ema import WeightEMA
 from torchslim.training.loop import (
     FitResult,
+    StopTraining,
     accuracy_of,
     cross_entropy_loss,
     fit,
@@ -11,5 +13,5 @@ from torchslim.training.loop import (
     train,
 )
 
-__all__ = ["TrainConfig", "FitResult", "fit", "predict", "accuracy_of", "cross_entropy_loss", "train", "iter_batches",
-           "split_batch"]
+__all__ = ["TrainConfig", "FitResult", "StopTraining", "WeightEMA", "fit", "predict", "accuracy_of",
+           "cross_entropy_loss", "train", "iter_batches", "split_batch"]

@@ -6,7 +6,8 @@ mapping of tensors (``model(**inputs)``: input_ids + attention_mask). Models are
 :func:`torchslim.tasks.forward`, so Hugging Face style outputs (``.logits``) work too. Under torchrun the same loop
 runs data-parallel: batches come from a rank-aware index iterator (or every world-th batch of a loader), the model is
 wrapped in DDP, metrics are summed over ranks, and only rank 0 writes the checkpoint (the caller's `log` decides who
-prints).
+prints). A method that makes its own inputs as it trains (data-free distillation's generator) plugs in as a batch
+source: an iterable of batches that fit checkpoints with the model (see :func:`fit`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from torchslim.io import atomic_path, resume_errors
 from torchslim.tasks import forward
 from torchslim.training import dist
 from torchslim.training.config import TrainConfig
+from torchslim.training.ema import WeightEMA
 
 Inputs = Union[torch.Tensor, Mapping[str, torch.Tensor]]  # one batch's model inputs: a tensor, or keyword tensors
 TrainData = Union[torch.utils.data.TensorDataset, Iterable]  # a TensorDataset, a DataLoader, or re-iterable batches
@@ -61,11 +63,22 @@ def bn_scale_l1(model: nn.Module) -> torch.Tensor:
     return sum(scales, torch.zeros(()))
 
 
+class StopTraining(Exception):
+    """Raise it from a batch source, a `loss_fn` or an `after_step` to end :func:`fit` early (a generator that has
+    collapsed, a budget spent); its message says why. The epoch it interrupts is neither recorded nor checkpointed,
+    and the weights are kept as after a last epoch (the best epoch's with ``keep="best"``).
+
+    Example:
+        >>> raise StopTraining("the generator collapsed at epoch 2, step 3")   # doctest: +SKIP
+    """
+
+
 @dataclass
 class FitResult:
     history: list[dict] = field(default_factory=list)  # one dict per epoch: loss, train_acc, val_acc, seconds, terms
     best_epoch: int | None = None
     best_val_accuracy: float | None = None
+    stopped: str | None = None  # why training ended before its last epoch (a StopTraining's message), else None
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -260,10 +273,17 @@ def _describe(inputs: Inputs) -> str:
 
 
 def _loader_shard(loader: Iterable) -> tuple[int, int]:
-    """(rank, world) of the batches this rank takes; (0, 1) when a DistributedSampler shards the loader already."""
-    if isinstance(getattr(loader, "sampler", None), torch.utils.data.distributed.DistributedSampler):
+    """(rank, world) of the batches this rank takes; (0, 1) when the loader's batches are this rank's own already (a
+    DistributedSampler shards it, or a batch source says ``per_rank = True``)."""
+    if isinstance(getattr(loader, "sampler", None), torch.utils.data.distributed.DistributedSampler) \
+            or getattr(loader, "per_rank", False):
         return 0, 1
     return dist.rank(), dist.world()
+
+
+def _stateful(obj: Any) -> bool:
+    """Whether `obj` can be checkpointed: it has ``state_dict()`` and ``load_state_dict(state)``."""
+    return callable(getattr(obj, "state_dict", None)) and callable(getattr(obj, "load_state_dict", None))
 
 
 def _epoch_batches(train_set: TrainData, batch_size: int, gen: torch.Generator, epoch: int, steps: int
@@ -278,9 +298,9 @@ def _epoch_batches(train_set: TrainData, batch_size: int, gen: torch.Generator, 
     # A loader batches (and shuffles) itself. Under torchrun each rank takes every world-th batch, and all ranks stop
     # after the same number of steps (a tail of fewer than `world` batches is dropped), so that DDP's gradient
     # all-reduce always finds every rank. A loader with a DistributedSampler is sharded already: each rank takes all.
-    sampler = getattr(train_set, "sampler", None)
-    if isinstance(sampler, torch.utils.data.distributed.DistributedSampler):
-        sampler.set_epoch(epoch)
+    for epoch_aware in (train_set, getattr(train_set, "sampler", None)):  # a batch source, a DistributedSampler
+        if callable(getattr(epoch_aware, "set_epoch", None)):
+            epoch_aware.set_epoch(epoch)
     rank, world = _loader_shard(train_set)
     for i, batch in enumerate(train_set):
         if i >= steps * world:
@@ -307,6 +327,7 @@ def fit(
     log: Callable[[str], None] = print,
     progress: bool | None = None,
     keep_from_epoch: int = 1,
+    ema_decay: float = 0.0,
 ) -> FitResult:
     """Train `model` in place on `train_set` and return the per-epoch history.
 
@@ -326,9 +347,27 @@ def fit(
     an epoch runs when `progress` is True, or by default when stderr is a terminal. Epochs before `keep_from_epoch`
     are never the best (a gradual pruning stage: they end less sparse than asked).
 
+    A method that makes its inputs while it trains (a generator trained against a teacher, a replay buffer) passes a
+    *batch source*: any re-iterable of batches with a ``len()`` (the steps of one epoch). fit uses what it has of
+
+    - ``set_epoch(epoch)``: called before each epoch, as on a DistributedSampler;
+    - ``state_dict()`` / ``load_state_dict(state)``: its state is checkpointed with the model after every epoch and
+      restored on resume (``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts), so that a
+      resumed run draws exactly the batches an uninterrupted one would (a torchdata StatefulDataLoader qualifies);
+    - ``metrics()``: its own numbers for the epoch just ended on this rank, ``{name: float}``, added to the epoch's
+      ``terms`` (a generator's losses; a loss_fn that is a method of the source can count there too);
+    - ``per_rank = True``: under torchrun its batches are this rank's own already, so every rank takes all of them.
+
+    A batch source, `loss_fn` or `after_step` may raise :class:`StopTraining` to end training early (the interrupted
+    epoch is dropped; under torchrun every rank must raise it at the same step); `FitResult.stopped` then says why.
+    With `ema_decay` > 0 an exponential moving average of the weights (:class:`~torchslim.training.ema.WeightEMA`) is
+    updated after every optimizer step; the average is what is validated (``val_accuracy``; the trained weights'
+    score is ``val_accuracy_raw``), kept as the best, checkpointed and left in `model` at the end.
+
     Example:
         >>> fit(model, data.train, data.val, TrainConfig(epochs=3), stage="teacher")   # doctest: +SKIP
         >>> fit(model, train_loader, val_loader, TrainConfig(epochs=3))               # doctest: +SKIP
+        >>> fit(student, batches, val, TrainConfig(epochs=3), loss_fn=batches.loss, ema_decay=0.999)  # doctest: +SKIP
     """
     loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
     masks = getattr(model, "_torchslim_masks", None) if after_step is None else None
@@ -345,11 +384,15 @@ def fit(
         steps_per_epoch = _loader_steps(train_set)
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     sched = make_schedule(opt, cfg, steps_per_epoch)
+    ema = WeightEMA(model, ema_decay) if ema_decay else None
+    # Everything a checkpoint holds besides RNG states and the history: each part's state_dict.
+    parts = {"model": model, "optimizer": opt, "schedule": sched,
+             **({"train_set": train_set} if _stateful(train_set) else {}), **({"ema": ema} if ema is not None else {})}
     result = FitResult()
     best_state = None
     start = 1
     if checkpoint is not None and Path(checkpoint).is_file():
-        start, best_state = _restore(checkpoint, model, opt, sched, gen, result, extra_state)
+        start, best_state = _restore(checkpoint, parts, gen, result, extra_state)
         log(f"[{stage}] resumed from {checkpoint} after epoch {start - 1}")
     net = dist.wrap(model)  # DDP (one gradient all-reduce per step) when launched by torchrun, else the model
     check_sync = dist.active() and os.environ.get("TORCHSLIM_CHECK_SYNC") == "1"
@@ -363,33 +406,40 @@ def fit(
         term_sums: dict[str, float] = {}
         bar = _progress(progress if dist.is_main() else False, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
         batches = _epoch_batches(train_set, cfg.batch_size, gen, epoch, steps_per_epoch)
-        for step, (x, y, extra, share) in enumerate(bar(batches), start=1):
-            if cfg.jitter:
-                if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4):
-                    raise TorchslimError(f"stage '{stage}': jitter shifts images (float N×C×H×W), but the inputs "
-                                         f"are {_describe(x)}; set jitter to 0")
-                x = random_shift(x, cfg.jitter, gen)
-            loss, logits, *terms = loss_fn(net, x, y, *extra)
-            if cfg.bn_l1:  # network slimming: the penalty's subgradient λ·sign(γ) pulls every BN scale toward 0
-                loss = loss + cfg.bn_l1 * bn_scale_l1(model)
-            if not torch.isfinite(loss):
-                raise TorchslimError(
-                    f"stage '{stage}': loss became {loss.item()} at epoch {epoch}, batch {step}; "
-                    f"lower the learning rate (now {cfg.lr}) or check the inputs"
-                )
-            opt.zero_grad(set_to_none=True)
-            (loss * share if share != 1 else loss).backward()
-            opt.step()
-            sched.step()
-            if after_step is not None:
-                after_step()
-            if check_sync:
-                dist.check_in_sync(model, f"stage '{stage}' epoch {epoch} step {step}")
-            total_loss += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            for name, value in (terms[0] if terms else {}).items():
-                term_sums[name] = term_sums.get(name, 0.0) + float(value) * len(y)
+        try:
+            for step, (x, y, extra, share) in enumerate(bar(batches), start=1):
+                if cfg.jitter:
+                    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() == 4):
+                        raise TorchslimError(f"stage '{stage}': jitter shifts images (float N×C×H×W), but the "
+                                             f"inputs are {_describe(x)}; set jitter to 0")
+                    x = random_shift(x, cfg.jitter, gen)
+                loss, logits, *terms = loss_fn(net, x, y, *extra)
+                if cfg.bn_l1:  # network slimming: the penalty's subgradient λ·sign(γ) pulls every BN scale toward 0
+                    loss = loss + cfg.bn_l1 * bn_scale_l1(model)
+                if not torch.isfinite(loss):
+                    raise TorchslimError(
+                        f"stage '{stage}': loss became {loss.item()} at epoch {epoch}, batch {step}; "
+                        f"lower the learning rate (now {cfg.lr}) or check the inputs"
+                    )
+                opt.zero_grad(set_to_none=True)
+                (loss * share if share != 1 else loss).backward()
+                opt.step()
+                sched.step()
+                if after_step is not None:
+                    after_step()
+                if ema is not None:
+                    ema.update(model)
+                if check_sync:
+                    dist.check_in_sync(model, f"stage '{stage}' epoch {epoch} step {step}")
+                total_loss += loss.item() * len(y)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(y)
+                for name, value in (terms[0] if terms else {}).items():
+                    term_sums[name] = term_sums.get(name, 0.0) + float(value) * len(y)
+        except StopTraining as stop:  # this epoch is dropped; the weights are kept below as after a last epoch
+            result.stopped = str(stop)
+            log(f"[{stage}] stopped: {stop}")
+            break
 
         total_loss, correct, seen, *term_totals = dist.all_sum(total_loss, correct, seen, *term_sums.values())
         if not seen:
@@ -397,34 +447,45 @@ def fit(
         val_acc = accuracy_of(model, val_set)  # every rank holds the same weights, so the same value
         record = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen,
                   "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
-        if term_sums:
-            record["terms"] = {name: total / seen for name, total in zip(term_sums, term_totals)}
+        if ema is not None:  # the average is the model being trained: validate (and keep) it, note the raw score
+            with ema.applied_to(model):
+                val_acc = accuracy_of(model, val_set)
+            record["val_accuracy"], record["val_accuracy_raw"] = val_acc, record["val_accuracy"]
+        term_means = {name: total / seen for name, total in zip(term_sums, term_totals)}
+        if callable(getattr(train_set, "metrics", None)):
+            term_means.update(train_set.metrics())  # a batch source's own numbers (a generator's losses, ...)
+        if term_means:
+            record["terms"] = term_means
         result.history.append(record)
         val_txt = f"  val {100 * val_acc:6.2f}%" if val_acc is not None else ""
-        terms_txt = "".join(f"  {k} {v:.4f}" for k, v in record.get("terms", {}).items())
+        if ema is not None and val_acc is not None:
+            val_txt += f" (EMA; raw {100 * record['val_accuracy_raw']:.2f}%)"
+        terms_txt = "".join(f"  {k} {v:.4f}" for k, v in term_means.items())
         log(f"[{stage}] epoch {epoch:>3}/{cfg.epochs}  loss {record['loss']:.4f}{terms_txt}  "
             f"train {100 * record['train_accuracy']:6.2f}%{val_txt}  ({record['seconds']:.1f}s)")
         if val_acc is not None and epoch >= keep_from_epoch and (result.best_val_accuracy is None
                                                                  or val_acc > result.best_val_accuracy):
             result.best_val_accuracy, result.best_epoch = val_acc, epoch
             if cfg.keep == "best":
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(ema.state if ema is not None else model.state_dict())
         if checkpoint is not None and dist.is_main():
-            _save(checkpoint, epoch, model, opt, sched, gen, result, best_state, extra_state)
+            _save(checkpoint, epoch, parts, gen, result, best_state, extra_state)
         dist.barrier()  # no rank races ahead of the checkpoint (a resume must find every rank's last epoch there)
 
+    if ema is not None:  # the averaged weights are the result (the last ones unless the best are kept below)
+        model.load_state_dict(ema.state)
     if cfg.keep == "best" and best_state is not None and result.best_epoch != cfg.epochs:
         model.load_state_dict(best_state)
-        log(f"[{stage}] kept the weights of epoch {result.best_epoch} (best validation accuracy "
-            f"{100 * result.best_val_accuracy:.2f}%)")
+        log(f"[{stage}] kept the {'averaged ' if ema is not None else ''}weights of epoch {result.best_epoch} (best "
+            f"validation accuracy {100 * result.best_val_accuracy:.2f}%)")
     model.eval()
     return result
 
 
-def _save(path, epoch, model, opt, sched, gen, result, best_state, extra_state) -> None:
+def _save(path, epoch, parts, gen, result, best_state, extra_state) -> None:
     """The whole training state, atomically. torch.save here is read back with weights_only=True (no code runs)."""
     state = {
-        "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
+        "epoch": epoch, **{name: part.state_dict() for name, part in parts.items()},
         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "best_state": best_state,
         "history": json.dumps(result.history), "best_epoch": result.best_epoch,
         "best_val_accuracy": result.best_val_accuracy, "extra_state": extra_state or {},
@@ -433,12 +494,11 @@ def _save(path, epoch, model, opt, sched, gen, result, best_state, extra_state) 
         torch.save(state, tmp)
 
 
-def _restore(path, model, opt, sched, gen, result, extra_state) -> tuple[int, dict | None]:
+def _restore(path, parts, gen, result, extra_state) -> tuple[int, dict | None]:
     with resume_errors(path):
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["schedule"])
+        for name, part in parts.items():  # a part the file lacks (a run without ema_decay): one line, not a traceback
+            part.load_state_dict(state[name])
     gen.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     result.history = json.loads(state["history"])
