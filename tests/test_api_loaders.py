@@ -19,6 +19,7 @@ from torchslim.evaluation import LatencyConfig, build_report, render_markdown
 from torchslim.export import export_onnx, ort_logits, ort_session, verify_onnx
 from torchslim.prune import Masks
 from torchslim.quant import DynamicInt8Config, QuantConfig, StaticInt8Config, ptq, quantize
+from torchslim.quant.export import QuantizationRecord
 from torchslim.tasks import TextClassification
 from torchslim.training import TrainConfig, fit, predict, train
 from torchslim.training import loop
@@ -322,8 +323,9 @@ def test_quantize_a_text_model_static_and_dynamic(tmp_path):
     dynamic = quantize(model, DynamicInt8Config(), DataLoader(TensorDataset(x, y), batch_size=32),
                        tmp_path / "dynamic.onnx", task=_task())
     for art in (static, dynamic):
-        assert art.info["verification"]["samples"] == 128
-        assert art.info["verification"]["top1_agreement"] >= 0.95
+        vs_fp32 = art.record(QuantizationRecord).vs_fp32
+        assert vs_fp32.samples == 128
+        assert vs_fp32.top1_agreement >= 0.95
         (inp,) = onnx.load(str(art.path)).graph.input
         assert inp.name == "input_ids" and inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
     ops = {n.op_type for n in onnx.load(str(static.path)).graph.node}

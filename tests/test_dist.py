@@ -50,7 +50,7 @@ def test_two_processes_train_with_ranks_in_sync(runs):
     report = json.loads((tmp / "two" / "report.json").read_text())
     assert report["processes"] == 2
     assert [a["name"] for a in report["artifacts"]] == ["teacher", "distill", "prune", "qat", "export", "quantize"]
-    assert report["artifacts"][3]["info"]["history"]  # quantization-aware training ran data-parallel too
+    assert report["artifacts"][3]["info"]["training"]["history"]  # quantization-aware training ran data-parallel too
     assert two.stdout.count("[teacher] epoch   1/3") == 1  # rank 0 alone logs
 
 
@@ -61,8 +61,8 @@ def test_two_processes_match_one_process(runs):
     assert one.returncode == 0, one.stderr[-2000:]
     r2 = json.loads((tmp / "two" / "report.json").read_text())["artifacts"]
     r1 = json.loads((tmp / "one" / "report.json").read_text())["artifacts"]
-    h2 = [e["loss"] for e in r2[0]["info"]["history"]]
-    h1 = [e["loss"] for e in r1[0]["info"]["history"]]
+    h2 = [e["loss"] for e in r2[0]["info"]["training"]["history"]]
+    h1 = [e["loss"] for e in r1[0]["info"]["training"]["history"]]
     assert h1 == pytest.approx(h2, rel=1e-3)
     assert h1[-1] < 0.5 * h1[0]  # it trained
     for a, b in zip(r1, r2):

@@ -46,16 +46,17 @@ def test_two_teachers_and_feature_losses_train_a_student(run):
     assert art["t2"]["stage"] == "teacher" and (out / "t2.safetensors").is_file()  # each teacher is an artifact
     info = art["distill"]["info"]
     assert info["teachers"] == ["teacher", "t2"]
-    history = info["history"]
+    history = info["training"]["history"]
     assert [set(h["terms"]) for h in history] == [{"kd", "fitnet", "similarity"}] * 3
     for h in history:
         assert h["loss"] == pytest.approx(sum(h["terms"].values()), rel=1e-6)
     # init: current starts from the hinted student, so its hint term starts where the hint stage left it.
-    hint = art["hint"]["info"]["history"]
+    hint = art["hint"]["info"]["training"]["history"]
     assert history[0]["terms"]["fitnet"] < 0.6 * hint[0]["terms"]["fitnet"]
     assert info["init_from"] == "hint" and "init_from" not in art["hint"]["info"]
     agreement = info["teacher_agreement"]
-    assert set(agreement) == {"combined", "teacher", "t2"} and all(0 <= v <= 1 for v in agreement.values())
+    assert set(agreement) == {"combined", "teachers"} and set(agreement["teachers"]) == {"teacher", "t2"}
+    assert all(0 <= v <= 1 for v in [agreement["combined"], *agreement["teachers"].values()])
     assert agreement["combined"] > 0.6 and art["distill"]["accuracy"] > 0.6
     assert art["distill"]["vs_teacher"] is not None  # the first teacher is the baseline
 

@@ -16,6 +16,8 @@ from torch.nn.utils import prune as torch_prune
 
 from torchslim.artifact import Artifact
 from torchslim.errors import TorchslimError
+from torchslim.export.onnx import OnnxVerification
+from torchslim.prune.schedules import SparsityRecord
 from torchslim.evaluation import (
     LatencyConfig,
     accuracy,
@@ -235,7 +237,7 @@ def test_evaluate_records(tmp_path):
     data = _data()
     teacher, student = _model(0, width=8), _model(1, width=2)
     arts = [
-        _torch_artifact(tmp_path, "teacher", teacher, sparsity={"0": 0.0}),
+        _torch_artifact(tmp_path, "teacher", teacher, sparsity=SparsityRecord({"0": 0.0}, 0.0)),
         _torch_artifact(tmp_path, "student", student),
         _onnx_artifact(tmp_path, "student-onnx", student, keep_model=False),
     ]
@@ -251,7 +253,7 @@ def test_evaluate_records(tmp_path):
         assert r["threads"] == 1
         assert isinstance(r["path"], str)
     t, s, o = records
-    assert t["info"] == {"sparsity": {"0": 0.0}}
+    assert t["info"] == {"sparsity": SparsityRecord({"0": 0.0}, 0.0)}  # the stage's records, passed through
     assert (t["params"], t["macs"]) == (count_params(teacher)[0], count_macs(teacher, INPUT_SHAPE))
     assert (o["params"], o["nonzero_params"], o["macs"]) == (None, None, None)  # no module: nothing to count
     assert o["file_bytes"] == (tmp_path / "student-onnx.onnx").stat().st_size
@@ -282,7 +284,8 @@ def _report(tmp_path) -> dict:
     for r, runtime, info in zip(
         records,
         ["pytorch", "pytorch", "onnxruntime"],
-        [{}, {"sparsity": {"conv1": 0.5, "fc": 0.9}}, {"verification": {"max_abs_diff": np.float32(2e-6), "top1_agreement": 1.0}}],
+        [{}, {"sparsity": SparsityRecord({"conv1": 0.5, "fc": 0.9})},
+         {"onnx_verification": OnnxVerification(np.float32(2e-6), 1.0)}],
     ):
         r.update(
             stage="x", runtime=runtime, path=str(tmp_path / r["name"]), errors=round((1 - r["accuracy"]) * 1000),
@@ -318,7 +321,8 @@ def test_write_report_files(tmp_path):
     assert paths["json"] == out / "report.json"
 
     loaded = json.loads(paths["json"].read_text())
-    assert loaded["artifacts"][2]["info"]["verification"]["max_abs_diff"] == pytest.approx(2e-6)  # numpy → float
+    verification = loaded["artifacts"][2]["info"]["onnx_verification"]  # the record under its kind
+    assert verification["max_abs_diff"] == pytest.approx(2e-6) and type(verification["max_abs_diff"]) is float
     assert set(loaded["artifacts"][1]["vs_teacher"]) == {"speedup", "compression", "compression_lzma", "accuracy_delta"}
 
     md = paths["md"].read_text()

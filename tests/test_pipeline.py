@@ -43,8 +43,8 @@ def test_digits_stages_did_what_they_say(digits_run):
     out, report = digits_run
     art = {a["name"]: a for a in report["artifacts"]}
     assert art["prune"]["nonzero_params"] < 0.3 * art["distill"]["nonzero_params"]
-    assert art["prune"]["info"]["overall_sparsity"] == pytest.approx(0.8, abs=1e-3)
-    assert art["onnx-fp32"]["info"]["verification"]["max_abs_diff"] < 1e-4
+    assert art["prune"]["info"]["pruning"]["overall_sparsity"] == pytest.approx(0.8, abs=1e-3)
+    assert art["onnx-fp32"]["info"]["onnx_verification"]["max_abs_diff"] < 1e-4
     assert art["onnx-fp32"]["accuracy"] == art["prune"]["accuracy"]
     assert art["int8"]["file_bytes"] < 0.5 * art["onnx-fp32"]["file_bytes"]
     assert abs(art["int8"]["accuracy"] - art["prune"]["accuracy"]) <= 0.02
@@ -120,7 +120,7 @@ def test_same_seed_gives_identical_report(digits_run, tmp_path):
                  "--set", "evaluate.max_seconds=0.05"]) == 0
     second = json.loads((tmp_path / "again" / "report.json").read_text())
     assert _without_timings(first) == _without_timings(second)
-    assert first["artifacts"][1]["info"]["history"][0]["loss"] > 0  # the comparison covered the training curves
+    assert first["artifacts"][1]["info"]["training"]["history"][0]["loss"] > 0  # it covered the training curves
 
 
 def test_ptq_and_qat_stages_export_int8_onnx_that_matches_the_fake_quant_model(tmp_path):
@@ -135,10 +135,11 @@ def test_ptq_and_qat_stages_export_int8_onnx_that_matches_the_fake_quant_model(t
     art = {a["name"]: a for a in json.loads((tmp_path / "o" / "report.json").read_text())["artifacts"]}
     for name in ("w8a8", "w4a4"):
         assert art[name]["runtime"] == "onnxruntime"
-        assert art[name]["info"]["verification"]["top1_agreement"] >= 0.995
-        assert art[name]["info"]["kernels"].get("QLinearConv", 0) > 0  # ONNX Runtime really runs int8 convolutions
+        quantization = art[name]["info"]["quantization"]
+        assert quantization["verification"]["top1_agreement"] >= 0.995
+        assert quantization["kernels"].get("QLinearConv", 0) > 0  # ONNX Runtime really runs int8 convolutions
     assert abs(art["w8a8"]["accuracy"] - art["teacher"]["accuracy"]) <= 0.02
-    assert art["w4a4"]["info"]["history"]  # it trained
+    assert art["w4a4"]["info"]["training"]["history"]  # it trained
 
 
 def test_mixed_stage_fits_its_budget_and_records_bits_per_layer(tmp_path):
@@ -149,9 +150,10 @@ def test_mixed_stage_fits_its_budget_and_records_bits_per_layer(tmp_path):
     p.write_text(yaml.safe_dump(recipe))
     assert main(["run", str(p), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     info = json.loads((tmp_path / "o" / "report.json").read_text())["artifacts"][1]["info"]
-    assert info["weight_bytes"] <= 0.6 * info["int8_weight_bytes"] + 1e-6
-    assert set(info["bits"].values()) <= {2, 4, 8, 32} and len(info["bits"]) == 10  # resnet8: 9 convs + fc
-    assert info["verification"]["top1_agreement"] >= 0.995
+    mixed = info["mixed_precision"]
+    assert mixed["weight_bytes"] <= 0.6 * mixed["int8_weight_bytes"] + 1e-6
+    assert set(mixed["bits"].values()) <= {2, 4, 8, 32} and len(mixed["bits"]) == 10  # resnet8: 9 convs + fc
+    assert info["quantization"]["verification"]["top1_agreement"] >= 0.995
 
 
 def test_deep_compression_chain_ships_a_file_with_the_same_accuracy(tmp_path):

@@ -361,16 +361,18 @@ def test_a_recipe_with_every_schedule_validates_and_runs(tmp_path):
     assert main(["validate", str(path)]) == 0
     assert main(["run", str(path), "--out", str(tmp_path / "o"), "--quiet"]) == 0
     art = {a["name"]: a for a in json.loads((tmp_path / "o" / "report.json").read_text())["artifacts"]}
-    sparsity = {name: art[name]["info"]["overall_sparsity"] for name in ("oneshot", "iterative", "gradual")}
+    pruning = {name: a["info"]["pruning"] for name, a in art.items() if name != "teacher"}
+    sparsity = {name: pruning[name]["overall_sparsity"] for name in ("oneshot", "iterative", "gradual")}
     assert sparsity == pytest.approx({"oneshot": 0.5, "iterative": 0.7, "gradual": 0.8}, abs=1e-3)
-    plan = art["gradual-sensitivity"]["info"]["sensitivity"]["sparsities"]  # each layer ends at its own level
-    assert art["gradual-sensitivity"]["info"]["sparsity"] == pytest.approx(plan, abs=1e-3)
-    lottery = art["lottery"]["info"]
+    plan = pruning["gradual-sensitivity"]["sensitivity"]["sparsities"]  # each layer ends at its own level
+    assert pruning["gradual-sensitivity"]["sparsity"] == pytest.approx(plan, abs=1e-3)
+    lottery = pruning["lottery"]
     assert "mlp factory" in lottery["init"] and len(lottery["rounds"]) == 3
+    assert art["lottery"]["info"]["training"]["history"] == lottery["rounds"][-1]["history"]  # the last training
     # fc1 (2048 weights) keeps 0.8², the output layer fc2 (320) 0.9².
     assert lottery["overall_sparsity"] == pytest.approx(1 - (2048 * 0.8 ** 2 + 320 * 0.9 ** 2) / 2368, abs=1e-3)
-    assert art["apoz"]["info"]["overall_sparsity"] == pytest.approx(0.3, abs=1e-3)  # of fc1, the layer it prunes
-    fc1 = art["apoz"]["info"]["sparsity"]
+    assert pruning["apoz"]["overall_sparsity"] == pytest.approx(0.3, abs=1e-3)  # of fc1, the layer it prunes
+    fc1 = pruning["apoz"]["sparsity"]
     assert list(fc1) == ["fc1"]
     # The resolved recipe written next to the run loads back (no field of another schedule is filled in).
     assert main(["validate", str(tmp_path / "o" / "recipe.yaml")]) == 0

@@ -134,10 +134,11 @@ def test_digits_recipe_with_sensitivity_scope_prunes_per_layer_and_the_report_sh
     path.write_text(yaml.safe_dump(recipe))
     assert main(["run", str(path), "--out", str(out), "--quiet"]) == 0
     art = json.loads((out / "report.json").read_text())["artifacts"][1]
-    sens, measured = art["info"]["sensitivity"], art["info"]["sparsity"]
+    pruning = art["info"]["pruning"]
+    sens, measured = pruning["sensitivity"], pruning["sparsity"]
     assert {len(points) for points in sens["curves"].values()} == {3}
     assert sens["expected_overall"] == pytest.approx(0.6, abs=0.005)
-    assert art["info"]["overall_sparsity"] == pytest.approx(0.6, abs=0.005)
+    assert pruning["overall_sparsity"] == pytest.approx(0.6, abs=0.005)
     for name, s in sens["sparsities"].items():  # every layer reached its own level, not the overall one
         assert measured[name] == pytest.approx(s, abs=1.5 / sens["params"][name])
     assert len(set(round(s, 2) for s in sens["sparsities"].values())) > 1

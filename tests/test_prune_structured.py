@@ -264,11 +264,12 @@ def test_recipe_train_prune_channels_export_and_resume(tmp_path, capsys):
     art = {a["name"]: a for a in json.loads((tmp_path / "full" / "report.json").read_text())["artifacts"]}
     pruned, onnx = art["prune_channels"], art["onnx"]
     assert 2 * pruned["macs"] <= art["train"]["macs"] and pruned["params"] < art["train"]["params"]
-    assert pruned["info"]["macs_after"] == pruned["macs"] and len(pruned["info"]["rounds"]) == 2
-    assert all(c[1] % 4 == 0 for name, c in pruned["info"]["channels"].items() if name != "fc")
+    channels = pruned["info"]["channel_pruning"]
+    assert channels["macs_after"] == pruned["macs"] and len(channels["rounds"]) == 2
+    assert all(c[1] % 4 == 0 for name, c in channels["channels"].items() if name != "fc")
     assert onnx["macs"] == pruned["macs"]
-    assert onnx["info"]["verification"]["max_abs_diff"] < 1e-4
-    assert onnx["info"]["verification"]["top1_agreement"] == 1.0 and onnx["accuracy"] == pruned["accuracy"]
+    assert onnx["info"]["onnx_verification"]["max_abs_diff"] < 1e-4
+    assert onnx["info"]["onnx_verification"]["top1_agreement"] == 1.0 and onnx["accuracy"] == pruned["accuracy"]
 
     def numbers(out):
         report = json.loads((out / "report.json").read_text())
@@ -296,4 +297,4 @@ def test_recipe_train_prune_channels_export_and_resume(tmp_path, capsys):
     assert "[prune_channels] finished in an earlier run: reloaded prune_channels.safetensors" in capsys.readouterr().out
     assert numbers(out) == numbers(tmp_path / "full")
     again = json.loads((out / "report.json").read_text())["artifacts"]
-    assert again[-1]["info"]["verification"]["max_abs_diff"] < 1e-4
+    assert again[-1]["info"]["onnx_verification"]["max_abs_diff"] < 1e-4

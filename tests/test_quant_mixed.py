@@ -22,6 +22,7 @@ from torchslim.quant import (
     quantizable_layers,
     weight_bytes,
 )
+from torchslim.quant.export import QuantizationRecord
 from torchslim.training import TrainConfig, fit
 from torchslim.training.loop import predict
 
@@ -174,11 +175,13 @@ def test_speed_notes_name_the_slow_artifacts_and_why():
         _record("teacher", "pytorch", {"1": 0.5, "64": 9.0}, stage="teacher"),
         _record("student", "pytorch", {"1": 0.2, "64": 4.0}, stage="distill", macs=400_000),
         _record("student-onnx", "onnxruntime", {"1": 0.05, "64": 2.0}, stage="export", macs=400_000),
-        _record("int8", "onnxruntime", {"1": 0.06, "64": 1.0}, stage="ptq", info={"kernels": kernels}, macs=400_000),
-        _record("dyn", "onnxruntime", {"1": 0.3, "64": 3.0}, stage="quantize", info={"mode": "dynamic"},
-                macs=400_000),
-        _record("fast", "onnxruntime", {"1": 0.01, "64": 0.5}, stage="qat", info={"kernels": {"QLinearConv": 3}},
-                macs=400_000),
+        _record("int8", "onnxruntime", {"1": 0.06, "64": 1.0}, stage="ptq",
+                info={"quantization": QuantizationRecord(kernels=kernels)}, macs=400_000),
+        # a record as report.json holds it: its JSON under its kind
+        _record("dyn", "onnxruntime", {"1": 0.3, "64": 3.0}, stage="quantize",
+                info={"quantization": {"mode": "dynamic"}}, macs=400_000),
+        _record("fast", "onnxruntime", {"1": 0.01, "64": 0.5}, stage="qat",
+                info={"quantization": QuantizationRecord(kernels={"QLinearConv": 3})}, macs=400_000),
     ]}
     notes = speed_notes(report)
     assert notes == [
@@ -199,3 +202,19 @@ def test_speed_notes_name_the_slow_artifacts_and_why():
     report["artifacts"][2]["latency_ms"]["1"]["p50"] = 0.25
     assert speed_notes(report)[0].startswith("int8 is not faster than student at batch 1 (0.250 vs 0.200 ms p50)")
     assert "- **Speed**: int8 is not faster than student" in render_markdown({**report, "data": {}, "machine": {}})
+
+
+def test_speed_notes_follow_the_source_a_record_names_and_its_float_layers():
+    """A quantized PyTorch artifact (no ONNX graph) names the float model it came from and the layers it kept in
+    float; it is compared with that model, not with the last float artifact before it."""
+    from torchslim.evaluation.report import speed_notes
+
+    report = {"artifacts": [
+        _record("fp32", "pytorch", {"1": 0.2}, stage="train", macs=400_000),
+        _record("other", "pytorch", {"1": 0.9}, stage="train", macs=400_000),
+        _record("torchao", "pytorch", {"1": 0.5}, stage="quantize", macs=400_000,
+                info={"quantization": QuantizationRecord(source="fp32", float_layers={"Conv2d": 2})}),
+    ]}
+    assert speed_notes(report) == [
+        "torchao is not faster than fp32 at batch 1 (0.500 vs 0.200 ms p50): 2 layers left in float (Conv2d); the "
+        "model is tiny (0.4 M MACs per call), so per-call overhead dominates."]

@@ -67,8 +67,8 @@ def test_sigkill_mid_stage_then_resume_gives_identical_results(tmp_path):
     a = json.loads((tmp_path / "full" / "report.json").read_text())
     b = json.loads((out / "report.json").read_text())
     assert _numbers(a) == _numbers(b)
-    la = [e["loss"] for e in a["artifacts"][1]["info"]["history"]]
-    lb = [e["loss"] for e in b["artifacts"][1]["info"]["history"]]
+    la = [e["loss"] for e in a["artifacts"][1]["info"]["training"]["history"]]
+    lb = [e["loss"] for e in b["artifacts"][1]["info"]["training"]["history"]]
     assert la == lb and len(la) == 150
     assert not list(out.rglob("*.tmp")) and not list((out / "checkpoints").glob("*.pt"))
 

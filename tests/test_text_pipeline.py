@@ -54,8 +54,8 @@ def test_text_recipe_distills_exports_and_quantizes(tmp_path, capsys):
     assert report["data"]["task"]["task"] == "text-classification"
     assert report["data"]["task"]["sequence_length"] == 16
     assert arts["teacher"]["accuracy"] > 0.9  # the words decide the label: a working pipeline learns it
-    assert arts["export"]["info"]["verification"]["max_abs_diff"] < 1e-4
-    assert arts["quantize"]["info"]["verification"]["top1_agreement"] > 0.9
+    assert arts["export"]["info"]["onnx_verification"]["max_abs_diff"] < 1e-4
+    assert arts["quantize"]["info"]["quantization"]["vs_fp32"]["top1_agreement"] > 0.9
     # The shipped model is usable on raw text: the vocabulary built from the training split is saved beside it.
     from torchslim.data import load_tokenizer
 

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from torch import nn
 
+from torchslim.records import Record, split_info
+
 Runtime = Literal["pytorch", "onnxruntime"]
+R = TypeVar("R", bound=Record)
 
 
 @dataclass
@@ -18,7 +21,15 @@ class Artifact:
     PyTorch model held only in memory (evaluation then measures its safetensors serialization in memory).
     ``model`` is the PyTorch module: the one that runs for ``runtime="pytorch"``, and the module the ONNX file was
     made from otherwise (used for parameter and MAC counts, which do not change on export).
-    ``info`` holds stage-specific facts for the report (per-layer sparsity, ONNX verification, quantization config).
+    ``info`` is what the stage that made it reports: typed records (:mod:`torchslim.records`) under their kind —
+    ``info["training"]``, ``info["pruning"]``, ``info["quantization"]``, ... (build it with
+    :func:`torchslim.records.as_info`) — and free-form facts under other keys (``opset``, ``teachers``, ...).
+
+    Example:
+        >>> from torchslim.records import TrainingRecord, as_info
+        >>> art = Artifact("student", "train", "pytorch", None, info=as_info(TrainingRecord(best_epoch=3)))
+        >>> art.record(TrainingRecord).best_epoch
+        3
     """
 
     name: str
@@ -27,3 +38,12 @@ class Artifact:
     path: Path | None
     model: nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def records(self) -> list[Record]:
+        """The typed records in ``info``, in order."""
+        return split_info(self.info)[0]
+
+    def record(self, kind: type[R]) -> R | None:
+        """The record of type `kind` in ``info``, or None."""
+        return next((r for r in self.records if isinstance(r, kind)), None)

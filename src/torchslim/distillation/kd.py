@@ -1,7 +1,9 @@
 """Knowledge distillation: Hinton KD with the teacher's logits computed once when the inputs allow it, and the
-general objective (feature losses, several teachers) built by :mod:`torchslim.distillation.objective`."""
+general objective (feature losses, several teachers) built by :mod:`torchslim.distillation.objective`.
+:class:`TeacherAgreement` is the record of how much of the teacher's function a student took over."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,6 +13,7 @@ from torch import nn
 from torchslim.distillation.config import KDConfig
 from torchslim.distillation.losses import kd_loss
 from torchslim.errors import TorchslimError
+from torchslim.records import Record, register
 from torchslim.tasks import forward
 from torchslim.training import dist
 from torchslim.training.config import TrainConfig
@@ -177,3 +180,36 @@ def teacher_agreement(student: nn.Module, teachers: nn.Module | Mapping[str, nn.
     if len(each) > 1:
         out.update({name: (s == logits.argmax(1)).float().mean().item() for name, logits in each.items()})
     return out
+
+
+@register
+@dataclasses.dataclass
+class TeacherAgreement(Record):
+    """Top-1 agreement of a student with its teachers on the test set (fractions): ``combined`` against the
+    teachers as the stage combined them, and ``teachers`` ({name: agreement}) one entry per teacher when there are
+    several (empty with one). The report's main table shows ``combined`` as "teacher agreement %".
+
+    Example:
+        >>> TeacherAgreement(0.97, {"a": 0.96, "b": 0.95}).summary()
+        [('teacher–student top-1 agreement (test set)', '97.00 % (each: a 96.00 %, b 95.00 %)')]
+    """
+
+    kind = "teacher_agreement"
+    combined: float
+    teachers: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def measure(cls, student: nn.Module, teachers: nn.Module | Mapping[str, nn.Module], x: Any,
+                kd: KDConfig | None = None) -> TeacherAgreement:
+        """:func:`teacher_agreement` as a record."""
+        each = teacher_agreement(student, teachers, x, kd)
+        combined = each.pop("combined")
+        return cls(combined, each)
+
+    def summary(self) -> list[tuple[str, str]]:
+        each = ", ".join(f"{name} {100 * v:.2f} %" for name, v in self.teachers.items())
+        return [("teacher–student top-1 agreement (test set)",
+                 f"{100 * self.combined:.2f} %" + (f" (each: {each})" if each else ""))]
+
+    def columns(self) -> dict[str, str]:
+        return {"teacher agreement %": f"{100 * self.combined:.2f}"}

@@ -2,14 +2,17 @@
 
 The markdown and HTML files show the same content: one table over all artifacts, notes on how each number was
 measured (including :func:`speed_notes`: every quantized artifact that is not faster than its fp32 source, and why
-it may not be), and a section per artifact with its stage-specific facts (``info``). The HTML file is self-contained
-(inline CSS, plots embedded as base64 PNG), so it can be mailed or archived as one file. A `prune` artifact with
-pruning-sensitivity curves (``info["sensitivity"]``) also gets its plot: embedded in the HTML, and written as
-``<artifact>-sensitivity.png`` beside ``report.md``, which links it.
+it may not be), and a section per artifact with what its stage reported. The HTML file is self-contained (inline
+CSS, plots embedded as base64 PNG), so it can be mailed or archived as one file.
+
+What a stage reports are typed records (:mod:`torchslim.records`) in the artifact's ``info``, under their kind. This
+module knows none of them: it asks each record for its rows, tables, plots (each written as
+``<artifact>-<slug>.png`` beside ``report.md``, which links it, and embedded in the HTML) and main-table columns, and
+lists the other ``info`` keys as ``key: value``.
 
 Example:
     >>> paths = write_report(report, "runs/lenet")       # doctest: +SKIP
-    >>> sorted(paths)
+    >>> sorted(paths)                                  # doctest: +SKIP
     ['html', 'json', 'md']
 """
 from __future__ import annotations
@@ -17,15 +20,14 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from torchslim.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from torchslim.records import Record, json_text, jsonable, split_info
 
 _DASH = "—"
 _MARKERS = {"pytorch": "o", "onnxruntime": "s"}
@@ -39,37 +41,23 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
         PosixPath('runs/lenet/report.html')
     """
     out = Path(out_dir)
-    report = _jsonable(report)  # numpy scalars or tuples in `info` would otherwise break or change on reload
+    report = jsonable(report)  # records, numpy scalars or tuples in `info` would otherwise break or change on reload
     paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     atomic_write_json(paths["json"], report)
-    figures: dict[str, bytes] = {}  # rendered once, written beside report.md and embedded in report.html
-    for r in report["artifacts"]:  # report.md links these; report.html embeds the same pictures
-        if _curves(r) is not None:
-            atomic_write_bytes(out / _sensitivity_png(r), _sensitivity_plot(r))
-        if _term_history(r):
-            figures[_terms_png(r)] = _terms_plot(r)
-            atomic_write_bytes(out / _terms_png(r), figures[_terms_png(r)])
+    figures: dict[str, bytes] = {}  # rendered once: written beside report.md (which links them), embedded in the HTML
+    for _, blocks in _sections(report):
+        for block in blocks:
+            if block[0] == "figure":
+                figures[block[2]] = block[3]()
+                atomic_write_bytes(out / block[2], figures[block[2]])
     atomic_write_text(paths["md"], render_markdown(report))
     atomic_write_text(paths["html"], render_html(report, figures))
     return paths
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, os.PathLike):
-        return str(obj)
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(asdict(obj))
-    if hasattr(obj, "model_dump"):  # pydantic configs
-        return _jsonable(obj.model_dump())
-    if hasattr(obj, "tolist"):  # numpy arrays and scalars, torch tensors
-        return _jsonable(obj.tolist())
-    return str(obj)
+def _records(record: dict) -> tuple[list[Record], dict]:
+    """(the typed records of an artifact record, its other info keys)."""
+    return split_info(record.get("info") or {})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -142,8 +130,10 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
         ),
         ("compression vs teacher", lambda r: _fmt_ratio(_compression(r))),
     ]
-    if any(_agreement(r) is not None for r in records):  # only runs with a distill stage get the column
-        columns.append(("teacher agreement %", lambda r: _DASH if _agreement(r) is None else f"{100 * _agreement(r):.2f}"))
+    # Columns the records add (a distill stage's teacher agreement), for every artifact, when any artifact has one.
+    extra = {id(r): {k: v for rec in _records(r)[0] for k, v in rec.columns().items()} for r in records}
+    for header in dict.fromkeys(h for cells in extra.values() for h in cells):
+        columns.append((header, lambda r, h=header: extra[id(r)].get(h, _DASH)))
     return [h for h, _ in columns], [[f(r) for _, f in columns] for r in records]
 
 
@@ -227,50 +217,30 @@ def _task_text(task: dict | None) -> str:
 # Speed notes: is every quantized artifact faster than the float model it came from?
 
 _QUANT_STAGES = ("quantize", "ptq", "qat")
-# Float compute ops as they appear in ONNX Runtime's optimized graph: a layer left in float runs as one of these.
-_FLOAT_OPS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose", "NhwcConv")
-_CONVERSIONS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 _TINY_MACS = 20e6  # MACs per call below which fixed per-call costs (session run, conversions) rival the arithmetic
 
 
 def _is_quantized(record: dict) -> bool:
-    info = record.get("info") or {}
-    return "kernels" in info or "quant" in info or info.get("mode") in ("static", "dynamic") or (
-        record.get("stage") in _QUANT_STAGES)
+    """A record of it says so (``Record.quantized``), or a quantizing stage made it."""
+    return any(rec.quantized for rec in _records(record)[0]) or record.get("stage") in _QUANT_STAGES
 
 
 def _sources(records: list[dict]) -> list[str | None]:
-    """The PyTorch model each record was made from: ``info["source"]`` if given, else the record itself for a
-    PyTorch artifact, else the nearest PyTorch artifact before it (a pipeline stage starts from the current model,
-    which is the last PyTorch artifact)."""
+    """The PyTorch model each record was made from: the one a record of it names (``Record.made_from()``), else the
+    record itself for a float PyTorch artifact, else the nearest PyTorch artifact before it (a pipeline stage starts
+    from the current model, which is the last PyTorch artifact)."""
     sources, last = [], None
     for r in records:
         own = r.get("runtime") == "pytorch" and not _is_quantized(r)  # a float PyTorch model is its own source
         if own:
             last = r["name"]
-        sources.append((r.get("info") or {}).get("source") or (r["name"] if own else last))
+        named = next((rec.made_from() for rec in _records(r)[0] if rec.made_from()), None)
+        sources.append(named or (r["name"] if own else last))
     return sources
 
 
 def _reasons(record: dict, batch: str) -> list[str]:
-    info = record.get("info") or {}
-    kernels: dict = info.get("kernels") or {}
-    reasons = []
-    # A PyTorch artifact has no ORT graph to read; its maker may list the layer types it left in float instead.
-    floats = {op: n for op, n in kernels.items() if op in _FLOAT_OPS and n} or dict(info.get("float_layers") or {})
-    if floats:
-        count = sum(floats.values())
-        reasons.append(f"{count} layer{'s' if count != 1 else ''} left in float ({', '.join(sorted(floats))})")
-    if kernels:
-        from torchslim.quant.export import INT8_KERNELS
-
-        if not any(kernels.get(op) for op in INT8_KERNELS):
-            reasons.append("ONNX Runtime fused no int8 kernels, so it ran float layers plus conversions")
-        conversions = sum(kernels.get(op, 0) for op in _CONVERSIONS)
-        if conversions > 2 and floats:  # one Quantize at the input and one Dequantize at the output are inevitable
-            reasons.append(f"{conversions} int8↔float conversions (QuantizeLinear/DequantizeLinear) around them")
-    if info.get("mode") == "dynamic":
-        reasons.append("dynamic quantization measures and quantizes every activation on each call")
+    reasons = [reason for rec in _records(record)[0] for reason in rec.speed_reasons()]
     macs = record.get("macs")
     if macs is not None and macs * int(batch) < _TINY_MACS:
         millions = macs / 1e6
@@ -286,18 +256,16 @@ def _reasons(record: dict, batch: str) -> list[str]:
 def speed_notes(report: dict) -> list[str]:
     """One plain sentence for every quantized artifact and batch size at which it is NOT faster than the fp32
     artifact of the same source model (for an ONNX artifact its fp32 ONNX export if the report has one, else the
-    PyTorch model; ``info["source"]`` names the source explicitly, else it is the last float PyTorch artifact before
-    it, as in a pipeline), with the
-    likely reasons read from the record: layers left in float (``info["kernels"]`` from ``ort_kernels``, or
-    ``info["float_layers"]``, {layer type: count}, for a PyTorch artifact), dynamic
-    quantization, a tiny model.
+    PyTorch model; a record may name the source, e.g. ``QuantizationRecord.source``, else it is the last float
+    PyTorch artifact before it, as in a pipeline), with the likely reasons its records give
+    (``Record.speed_reasons()``: layers left in float, dynamic quantization, ...) and whether the model is tiny.
 
     Example:
         >>> report = {"artifacts": [
         ...     {"name": "teacher", "runtime": "pytorch", "macs": 800_000, "latency_ms": {"1": {"p50": 0.05}}},
         ...     {"name": "onnx", "stage": "export", "runtime": "onnxruntime", "latency_ms": {"1": {"p50": 0.018}}},
         ...     {"name": "int8", "stage": "ptq", "runtime": "onnxruntime", "macs": 800_000,
-        ...      "info": {"kernels": {"QLinearConv": 2}}, "latency_ms": {"1": {"p50": 0.020}}}]}
+        ...      "info": {"quantization": {"kernels": {"QLinearConv": 2}}}, "latency_ms": {"1": {"p50": 0.020}}}]}
         >>> print(*speed_notes(report))  # doctest: +ELLIPSIS
         int8 is not faster than onnx at batch 1 (0.020 vs 0.018 ms p50): the model is tiny (0.8 M MACs per call), ...
     """
@@ -324,166 +292,30 @@ def speed_notes(report: dict) -> list[str]:
     return notes
 
 
-# An artifact section is a list of blocks: ("items", [(key, value)]) or ("table", headers, rows).
+# An artifact section is a list of blocks: ("items", [(key, text)]), ("table", headers, rows), or ("figure", alt text,
+# PNG file name, a function returning the PNG bytes).
 _Block = tuple
+
+
+def _png_name(artifact: str, slug: str) -> str:
+    """A figure's file name beside the report: the artifact name made safe for a path and a markdown link."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(artifact)).strip("-.") + f"-{slug}.png"
 
 
 def _sections(report: dict) -> list[tuple[str, list[_Block]]]:
     sections = []
     for r in report["artifacts"]:
-        info = dict(r.get("info") or {})
+        records, facts = _records(r)
+        name = str(r["name"])
         items = [("stage", str(r.get("stage"))), ("runtime", str(r.get("runtime"))), ("file", str(r.get("path")))]
-        blocks: list[_Block] = []
-        verification = info.pop("verification", None)
-        if isinstance(verification, dict):
-            diff = verification.get("max_abs_diff")
-            agree = verification.get("top1_agreement")
-            items.append(
-                (
-                    "ONNX verification",
-                    f"max |ONNX − PyTorch| = {diff:.3g}" if isinstance(diff, (int, float)) else f"max abs diff {diff}",
-                )
-            )
-            if isinstance(agree, (int, float)):
-                items.append(("top-1 agreement", f"{100 * agree:.2f} %" if agree <= 1 else str(agree)))
-        sparsity = info.pop("sparsity", None)
-        sensitivity = info.pop("sensitivity") if _curves(r) is not None else None
-        agreement = info.pop("teacher_agreement", None)
-        if isinstance(agreement, dict) and agreement:
-            each = ", ".join(f"{k} {100 * v:.2f} %" for k, v in agreement.items() if k != "combined")
-            items.append(("teacher–student top-1 agreement (test set)",
-                          f"{100 * agreement.get('combined', float('nan')):.2f} %" + (f" (each: {each})" if each else "")))
-        for key, value in info.items():
-            text = json.dumps(value, default=str) if not isinstance(value, str) else value
-            items.append((str(key), text if len(text) <= 300 else text[:297] + "..."))
-        blocks.append(("items", items))
-        if isinstance(sparsity, dict) and sparsity:
-            rows = [[str(layer), f"{100 * float(s):.2f}"] for layer, s in sparsity.items()]
-            blocks.append(("table", ["layer", "sparsity %"], rows))
-        elif sparsity is not None:
-            blocks[0][1].append(("sparsity", str(sparsity)))
-        if sensitivity is not None:
-            blocks += _sensitivity_blocks(r, sensitivity)
-        if _term_history(r):
-            blocks += _terms_blocks(r)
-        sections.append((str(r["name"]), blocks))
+        items += [row for rec in records for row in rec.summary()]
+        items += [(str(key), json_text(value)) for key, value in facts.items()]
+        blocks: list[_Block] = [("items", items)]
+        for rec in records:
+            blocks += [("table", headers, rows) for headers, rows in rec.tables()]
+            blocks += [("figure", fig.title, _png_name(name, fig.slug), fig.render) for fig in rec.figures(name)]
+        sections.append((name, blocks))
     return sections
-
-
-# Pruning sensitivity (`prune` with scope: sensitivity): info["sensitivity"] = {"curves": {layer: [[s, acc], ...]},
-# "dense_accuracy", "sparsities" (chosen per layer), ...}. A plot block is ("plot", alt text, PNG file name, record).
-
-
-def _curves(record: dict) -> dict | None:
-    sens = (record.get("info") or {}).get("sensitivity")
-    return sens["curves"] if isinstance(sens, dict) and isinstance(sens.get("curves"), dict) else None
-
-
-def _sensitivity_png(record: dict) -> str:
-    """The PNG's file name beside the report: the artifact name made safe for a path and a markdown link."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(record["name"])).strip("-.") + "-sensitivity.png"
-
-
-def _sensitivity_plot(record: dict) -> bytes:
-    from torchslim.prune.sensitivity import render_sensitivity_curves
-
-    sens = record["info"]["sensitivity"]
-    return render_sensitivity_curves(sens["curves"], dense_accuracy=sens.get("dense_accuracy"),
-                                     chosen=sens.get("sparsities"),
-                                     title=f"{record['name']}: pruning sensitivity, one layer at a time")
-
-
-def _sensitivity_blocks(record: dict, sens: dict) -> list[_Block]:
-    curves, chosen, sizes = sens["curves"], sens.get("sparsities") or {}, sens.get("params") or {}
-    levels = sorted({float(p[0]) for points in curves.values() for p in points})
-    dense = sens.get("dense_accuracy")
-    summary = (f"each layer pruned alone ({sens.get('criterion', 'magnitude')}) on {sens.get('samples', '?')} "
-               f"validation rows; dense accuracy {100 * dense:.2f} %" if isinstance(dense, (int, float)) else
-               "each layer pruned alone")
-    if isinstance(sens.get("tolerance_points"), (int, float)) and isinstance(sens.get("target"), (int, float)):
-        summary += (f"; shared tolerance {sens['tolerance_points']:.2f} points gives the chosen sparsities, "
-                    f"{100 * sens['target']:.1f} % of the weights overall")
-    rows = []
-    for layer, points in curves.items():
-        acc = {float(p[0]): float(p[1]) for p in points}
-        rows.append([str(layer), _fmt_count(sizes.get(layer))]
-                    + [f"{100 * acc[s]:.2f}" if s in acc else _DASH for s in levels]
-                    + [f"{100 * float(chosen[layer]):.2f}" if layer in chosen else _DASH])
-    headers = ["layer", "weights"] + [f"acc % @{100 * s:g}%" for s in levels] + ["chosen sparsity %"]
-    return [("items", [("sensitivity", summary)]), ("table", headers, rows),
-            ("plot", f"pruning sensitivity of {record['name']}", _sensitivity_png(record), record)]
-
-
-# Distillation: info["history"][i]["terms"] = {term: per-epoch mean of the weighted term} (a distill stage with
-# `losses`), info["teacher_agreement"] = {"combined": fraction, <teacher>: fraction, ...}. A figure block is
-# ("figure", alt text, PNG file name, a function returning the PNG bytes).
-
-
-def _agreement(record: dict) -> float | None:
-    agreement = (record.get("info") or {}).get("teacher_agreement")
-    value = agreement.get("combined") if isinstance(agreement, dict) else None
-    return float(value) if isinstance(value, (int, float)) else None
-
-
-def _term_history(record: dict) -> list[dict]:
-    """[{"epoch": e, "terms": {...}}, ...] of a record whose history has per-term means, else []."""
-    history = (record.get("info") or {}).get("history")
-    if not isinstance(history, list):
-        return []
-    return [h for h in history if isinstance(h, dict) and isinstance(h.get("terms"), dict) and h["terms"]]
-
-
-def _terms_png(record: dict) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(record["name"])).strip("-.") + "-loss-terms.png"
-
-
-def _terms_blocks(record: dict) -> list[_Block]:
-    history = _term_history(record)
-    names = list(dict.fromkeys(k for h in history for k in h["terms"]))
-    first, last = history[0], history[-1]
-
-    def cell(h: dict, k: str) -> str:
-        v = h["terms"].get(k)
-        return _DASH if not isinstance(v, (int, float)) else f"{v:.4g}"
-
-    rows = [[k, cell(first, k), cell(last, k)] for k in names]
-    rows.append(["total", f"{first.get('loss', float('nan')):.4g}", f"{last.get('loss', float('nan')):.4g}"])
-    headers = ["loss term (weighted)", f"epoch {first.get('epoch', 1)}", f"epoch {last.get('epoch', len(history))}"]
-    return [("table", headers, rows),
-            ("figure", f"loss terms of {record['name']} per epoch", _terms_png(record), lambda: _terms_plot(record))]
-
-
-def _terms_plot(record: dict) -> bytes:
-    """Per-epoch mean of each weighted loss term (log y when all are positive: terms differ by decades)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    history = _term_history(record)
-    names = list(dict.fromkeys(k for h in history for k in h["terms"]))
-    fig = Figure(figsize=(6, 4.2), dpi=100)  # fixed margins: a constrained layout doubles the time with a log axis
-    fig.subplots_adjust(left=0.13, right=0.97, bottom=0.12, top=0.92)
-    ax = fig.subplots()
-    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
-    values = []
-    for k in names:
-        ys = [h["terms"].get(k) for h in history]
-        ax.plot(epochs, ys, marker="o" if len(epochs) < 30 else None, markersize=3, label=k)
-        values += [y for y in ys if isinstance(y, (int, float))]
-    totals = [h.get("loss") for h in history]
-    if len(names) > 1 and all(isinstance(t, (int, float)) for t in totals):
-        ax.plot(epochs, totals, color="black", linestyle="--", linewidth=1, label="total")
-        values += totals
-    if values and min(values) > 0:
-        ax.set_yscale("log")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("per-epoch mean of the weighted term")
-    ax.set_title(f"{record['name']}: distillation loss terms")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -518,8 +350,6 @@ def render_markdown(report: dict) -> str:
         for block in blocks:
             if block[0] == "items":
                 lines += ([""] if lines[-1] else []) + [f"- {k}: {_md_cell(v)}" for k, v in block[1]]
-            elif block[0] == "plot":
-                lines += ["", f"![{block[1]}]({block[2]})"]
             elif block[0] == "figure":
                 lines += ["", f"![{block[1]}]({block[2]})"]
             else:
@@ -582,9 +412,6 @@ def render_html(report: dict, figures: dict[str, bytes] | None = None) -> str:
         for block in blocks:
             if block[0] == "items":
                 parts.append("<ul>" + "".join(f"<li>{esc(k)}: <code>{esc(v)}</code></li>" for k, v in block[1]) + "</ul>")
-            elif block[0] == "plot":
-                png = base64.b64encode(_sensitivity_plot(block[3])).decode("ascii")
-                parts.append(f'<div class="plots"><img alt="{esc(block[1])}" src="data:image/png;base64,{png}"></div>')
             elif block[0] == "figure":
                 png = base64.b64encode((figures or {}).get(block[2]) or block[3]()).decode("ascii")
                 parts.append(f'<div class="plots"><img alt="{esc(block[1])}" src="data:image/png;base64,{png}"></div>')

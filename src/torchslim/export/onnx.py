@@ -6,6 +6,7 @@ dtype (int64 token ids stay int64). Runners here feed every input in the dtype t
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -18,6 +19,7 @@ from torch import nn
 
 from torchslim.errors import TorchslimError
 from torchslim.io import atomic_path
+from torchslim.records import Record, register
 from torchslim.tasks import Task, forward, logits_of
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -214,3 +216,38 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, x: Any, threads: int 
     from torchslim.training.loop import predict
 
     return compare_logits(predict(model, x).numpy(), ort_logits(ort_session(path, threads), x))
+
+
+@register
+@dataclasses.dataclass
+class OnnxVerification(Record):
+    """How closely an ONNX file computes what its reference computes, on the same inputs (:func:`compare_logits`):
+    ``max_abs_diff`` (max |Δlogit|), ``top1_agreement`` (a fraction) and ``samples``. An `export` stage reports it
+    (ONNX Runtime vs PyTorch); a quantization record holds one per reference.
+
+    Example:
+        >>> OnnxVerification(2e-6, 1.0, 360).summary()
+        [('ONNX verification', 'max |ONNX − PyTorch| = 2e-06'), ('top-1 agreement', '100.00 % on 360 test inputs')]
+    """
+
+    kind = "onnx_verification"
+    max_abs_diff: float
+    top1_agreement: float
+    samples: int | None = None
+
+    @classmethod
+    def measure(cls, model: nn.Module, path: str | os.PathLike, x: Any, threads: int = 1) -> OnnxVerification:
+        """:func:`verify_onnx` as a record."""
+        return cls.from_json(verify_onnx(model, path, x, threads))
+
+    def agreement_text(self) -> str:
+        on = f" on {self.samples:,} test inputs" if self.samples is not None else ""
+        return f"{100 * self.top1_agreement:.2f} %{on}"
+
+    def text(self) -> str:
+        """One line: ``max |Δlogit| 3.1e-06, top-1 agreement 100.00 % on 360 test inputs``."""
+        return f"max |Δlogit| {self.max_abs_diff:.3g}, top-1 agreement {self.agreement_text()}"
+
+    def summary(self) -> list[tuple[str, str]]:
+        return [("ONNX verification", f"max |ONNX − PyTorch| = {self.max_abs_diff:.3g}"),
+                ("top-1 agreement", self.agreement_text())]

@@ -4,7 +4,8 @@ Each stage reads the run state (data, teacher, current model) and adds exactly o
 they start from, so every artifact in the report is the model as that stage left it.
 
 A run survives being killed: training stages checkpoint their full state every epoch into `<out>/checkpoints/`,
-and `progress.json` lists the stages already finished. `run_recipe(..., resume=True)` reloads finished stages from
+and `progress.json` lists the stages already finished, each with its artifact's file and what it reported (its
+records as JSON, read back as records). `run_recipe(..., resume=True)` reloads finished stages from
 their artifacts (never redoing them) and continues the interrupted one from its last finished epoch. Under torchrun
 every rank trains; rank 0 alone writes files, exports, quantizes and evaluates — and every rank meets the others at
 the same barrier after every step, whether it ran the step or not.
@@ -25,6 +26,7 @@ from torchslim.errors import TorchslimError
 from torchslim.io import atomic_write_json, atomic_write_text, load_checkpoint
 from torchslim.pipeline.state import Log, RunState, checkpoint_path
 from torchslim.recipe import Recipe, dump_recipe
+from torchslim.records import TrainingRecord, as_info, info_from_json, jsonable
 from torchslim.training import dist
 
 
@@ -36,7 +38,6 @@ def _checkpoints_of(out: Path, stage: str) -> list[Path]:
 
 def _teacher(state: RunState, name: str) -> tuple[Artifact, nn.Module]:
     """Train or load a teacher; return its artifact and the module distillation calls."""
-    from torchslim.pipeline.stages import fit_info
     from torchslim.training import fit
 
     spec = state.recipe.teacher_spec(name)
@@ -50,8 +51,9 @@ def _teacher(state: RunState, name: str) -> tuple[Artifact, nn.Module]:
         state.log(f"[{name}] loaded {spec.checkpoint}")
         info = {"checkpoint": spec.checkpoint}
     else:
-        info = fit_info(fit(model, state.data.train, state.data.val, spec.train, seed=state.recipe.seed,
-                            checkpoint=state.checkpoint(name), stage=name, log=state.log))
+        info = as_info(TrainingRecord.of(fit(model, state.data.train, state.data.val, spec.train,
+                                             seed=state.recipe.seed, checkpoint=state.checkpoint(name), stage=name,
+                                             log=state.log)))
     path = state.save(model, name, {"model": spec.model, "factory": spec.factory, "args": spec.args})
     return Artifact(name, "teacher", "pytorch", path, model.eval(), info), model
 
@@ -155,7 +157,8 @@ def check_recipe(recipe: Recipe) -> dict:
 
 
 def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool = False) -> dict | None:
-    """Run every stage of `recipe` into the folder `out`, evaluate all artifacts, write the report; return it.
+    """Run every stage of `recipe` into the folder `out`, evaluate all artifacts, write the report; return it (as
+    report.json holds it: plain JSON data, each artifact's records under their kind in its ``info``).
 
     With `resume`, finished stages are reloaded from `out` and the interrupted one continues from its last epoch.
     Under torchrun, ranks other than 0 train alongside and return None.
@@ -181,7 +184,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
     for name in recipe.teacher_names():
         t0 = time.perf_counter()
         if name in done:
-            art, model = _reload_teacher(state, name, Path(done[name]["path"]), done[name]["info"])
+            art, model = _reload_teacher(state, name, Path(done[name]["path"]), info_from_json(done[name]["info"]))
             log(f"[{name}] finished in an earlier run: reloaded {art.path.name}")
         else:
             art, model = _teacher(state, name)
@@ -195,7 +198,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
     for i, st in enumerate(recipe.stages):
         t0 = time.perf_counter()
         if st.label in done:
-            art = st.reload(state, Path(done[st.label]["path"]), done[st.label]["info"])
+            art = st.reload(state, Path(done[st.label]["path"]), info_from_json(done[st.label]["info"]))
             log(f"[{st.label}] finished in an earlier run: reloaded {art.path.name}")
         elif st.every_rank or dist.is_main():
             art = _finish(state, done, st.label, st.run(state, recipe.seed + i + 1))
@@ -219,6 +222,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
                        teacher=(recipe.teacher_names() or [None])[0], student=state.student)
     report = build_report(records, recipe=recipe.model_dump(mode="json"), data=data, threads=ev.threads,
                           meta={"stage_seconds": state.seconds, "processes": dist.world()}, latency=latency)
+    report = jsonable(report)  # what report.json holds: records as their JSON under their kind
     write_report(report, out)
     return report
 
@@ -226,7 +230,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
 def _finish(state: RunState, done: dict, name: str, art: Artifact) -> Artifact:
     """Record a finished step (rank 0), drop its checkpoints, and meet the other ranks."""
     if dist.is_main():
-        done[name] = {"path": str(art.path), "info": art.info}
+        done[name] = {"path": str(art.path), "info": jsonable(art.info)}
         atomic_write_json(state.out / "progress.json", done)
         for ckpt in _checkpoints_of(state.out, name):
             ckpt.unlink()

@@ -12,7 +12,8 @@
   repeat. The last ticket is trained once more (:func:`lottery_ticket`).
 
 The top of the module is small pure functions (the schedule math, tested on their own); the drivers below run them
-with ``fit``.
+with ``fit``. :class:`PruningRecord` (and :class:`SparsityRecord`, the zeros a fine-tuned model holds) is what a
+pruning stage reports: :func:`pruning_records` makes it from :func:`prune_with_schedule`'s result.
 
 Example:
     >>> round(agp_sparsity(50, final=0.9, initial=0.0, span=100), 4)   # 0.9 · (1 − 0.5³)
@@ -39,7 +40,8 @@ from torchslim.prune.config import PruneConfig, iterative_targets
 from torchslim.prune.criteria import CRITERIA
 from torchslim.prune.masks import Masks, attach_masks, detach_masks, masks_from_scores, prunable_layers, prune_
 from torchslim.prune.nm import nm_storage
-from torchslim.prune.sensitivity import round_sparsities, sensitivity_plan
+from torchslim.prune.sensitivity import SensitivityPlan, round_sparsities, sensitivity_plan
+from torchslim.records import DASH, Figure, Record, Table, TrainingRecord, json_text, number, percent, register
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
@@ -478,6 +480,120 @@ def prune_with_schedule(model: nn.Module, cfg: PruneConfig, data: DataBundle, tr
                          f"oneshot")
 
 
-__all__ = ["GradualPruner", "LotteryResult", "agp_sparsity", "agp_update_steps", "gradual_prune", "iterative_prune",
-           "iterative_targets", "lottery_masks", "lottery_rates", "lottery_sparsity", "lottery_ticket",
-           "output_layer", "prune_with_schedule", "ramp_steps", "reinitialize_", "steps_per_epoch"]
+# ---------------------------------------------------------------------------------------------------------- records
+
+
+def _sparsity_table(layers: Mapping[str, float]) -> Table:
+    return (["layer", "sparsity %"], [[str(layer), f"{100 * float(v):.2f}"] for layer, v in layers.items()])
+
+
+@register
+@dataclass
+class SparsityRecord(Record):
+    """The zeros a model keeps: ``layers`` ({layer: fraction of zero weights}) and ``overall`` (over all those
+    weights). A `finetune` of a pruned model reports it: fine-tuning held them.
+
+    Example:
+        >>> SparsityRecord({"fc1": 0.5, "fc2": 0.25}, 0.4).summary()
+        [('sparsity', '40.00 % of the prunable weights (held while training)')]
+    """
+
+    kind = "sparsity"
+    layers: dict[str, float]
+    overall: float | None = None
+
+    @classmethod
+    def of(cls, masks: Masks) -> SparsityRecord:
+        return cls(masks.sparsity(), masks.overall())
+
+    def summary(self) -> list[tuple[str, str]]:
+        return [("sparsity", f"{percent(self.overall)} of the prunable weights (held while training)")] \
+            if self.overall is not None else []
+
+    def tables(self) -> list[Table]:
+        return [_sparsity_table(self.layers)] if self.layers else []
+
+
+@register
+@dataclass
+class PruningRecord(Record):
+    """What a `prune` stage reports, as :func:`prune_with_schedule` returns it: ``sparsity`` ({layer: fraction}),
+    ``overall_sparsity``, ``prune`` (the PruneConfig as a dict), ``rounds`` (oneshot, iterative, lottery: one entry
+    per round with its sparsity and training), ``init`` (lottery: how θ_0 was made), ``sensitivity`` (``scope:
+    sensitivity``: the :class:`~torchslim.prune.sensitivity.SensitivityPlan`, with its curves plot) and
+    ``nm_storage`` (an N:M pattern: see :func:`~torchslim.prune.nm.nm_storage`).
+
+    Example:
+        >>> rec = PruningRecord({"fc1": 0.9}, 0.9, {"schedule": "oneshot", "criterion": "magnitude"})
+        >>> rec.summary()[0]
+        ('sparsity', '90.00 % of the prunable weights overall (oneshot, magnitude)')
+    """
+
+    kind = "pruning"
+    sparsity: dict[str, float]
+    overall_sparsity: float
+    prune: dict = field(default_factory=dict)
+    rounds: list[dict] | None = None
+    init: str | None = None
+    sensitivity: SensitivityPlan | None = None
+    nm_storage: dict | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> PruningRecord:
+        rec = super().from_json(data)
+        if isinstance(rec.sensitivity, Mapping):
+            rec.sensitivity = SensitivityPlan.from_json(rec.sensitivity)
+        return rec
+
+    def summary(self) -> list[tuple[str, str]]:
+        how = ", ".join(str(self.prune[k]) for k in ("schedule", "criterion", "scope", "pattern") if self.prune.get(k))
+        rows = [("sparsity", f"{percent(self.overall_sparsity)} of the prunable weights overall"
+                             + (f" ({how})" if how else ""))]
+        if self.init:
+            rows.append(("initialization", self.init))
+        nm = self.nm_storage
+        if isinstance(nm, Mapping) and number(nm.get("packed_bytes")) and number(nm.get("dense_bytes")):
+            ratio = nm["dense_bytes"] / max(1, nm["packed_bytes"])
+            rows.append(("N:M storage", f"{nm.get('pattern', '')} weights in {nm['packed_bytes']:,} bytes packed vs "
+                                        f"{nm['dense_bytes']:,} dense ({ratio:.2f}× smaller)"))
+        if self.prune:
+            rows.append(("prune config", json_text(self.prune)))
+        return rows + (self.sensitivity.summary() if self.sensitivity is not None else [])
+
+    def tables(self) -> list[Table]:
+        tables = [_sparsity_table(self.sparsity)] if self.sparsity else []
+        if self.rounds:
+            targets = any("target" in r for r in self.rounds)
+            rows = []
+            for k, r in enumerate(self.rounds, start=1):
+                best = r.get("best_epoch")
+                rows.append([str(r.get("round", k))] + ([percent(r.get("target"))] if targets else [])
+                            + [percent(r.get("sparsity")), str(len(r.get("history") or []))]
+                            + [f"{percent(r.get('best_val_accuracy'))} (epoch {best})" if best is not None else DASH])
+            tables.append((["round"] + (["target"] if targets else []) + ["sparsity", "epochs", "kept val accuracy"],
+                           rows))
+        return tables + (self.sensitivity.tables() if self.sensitivity is not None else [])
+
+    def figures(self, artifact: str) -> list[Figure]:
+        return self.sensitivity.figures(artifact) if self.sensitivity is not None else []
+
+
+def pruning_records(info: Mapping) -> list[Record]:
+    """The records of a :func:`prune_with_schedule` (or :func:`iterative_prune`) result: the
+    :class:`PruningRecord`, and the :class:`~torchslim.records.TrainingRecord` of the last training when the
+    schedule trains the model as a whole (gradual, lottery).
+
+    Example:
+        >>> model, info = prune_with_schedule(model, cfg, data, train)    # doctest: +SKIP
+        >>> art = Artifact("prune", "prune", "pytorch", path, model, as_info(*pruning_records(info)))   # doctest: +SKIP
+    """
+    records: list[Record] = [PruningRecord.from_json(info)]
+    if "history" in info:
+        records.append(TrainingRecord.from_json(info))
+    return records
+
+
+__all__ = ["GradualPruner", "LotteryResult", "PruningRecord", "SparsityRecord", "agp_sparsity", "agp_update_steps",
+           "gradual_prune", "iterative_prune", "iterative_targets", "lottery_masks", "lottery_rates",
+           "lottery_sparsity", "lottery_ticket", "output_layer", "prune_with_schedule", "pruning_records", "ramp_steps",
+           "reinitialize_", "steps_per_epoch"]

@@ -9,6 +9,9 @@ Three steps, each usable alone (the `prune` stage with ``scope: sensitivity`` ru
   and the tolerance is the smallest that reaches the target — so robust layers are pruned harder.
 * :func:`plot_sensitivity_curves` draws the curves (one line per layer, the dense accuracy dashed).
 
+:class:`SensitivityPlan` is the typed record of :func:`sensitivity_plan` that the `prune` stage reports (inside its
+:class:`~torchslim.prune.schedules.PruningRecord`): the summary line, the table and the plot of the report.
+
 Example:
     >>> from torchslim.data import load_dataset
     >>> from torchslim.models import create_model
@@ -24,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
@@ -37,6 +41,7 @@ from torch import nn
 from torchslim.errors import TorchslimError
 from torchslim.prune.criteria import CRITERIA
 from torchslim.prune.masks import masks_from_scores, prunable_layers
+from torchslim.records import DASH, Figure, Record, Table, number, register
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
@@ -334,5 +339,59 @@ def plot_sensitivity_curves(curves: Curves, path: str | os.PathLike, *, dense_ac
     return path
 
 
-__all__ = ["layer_sensitivity", "plot_sensitivity_curves", "render_sensitivity_curves", "round_sparsities",
+@register
+@dataclasses.dataclass
+class SensitivityPlan(Record):
+    """The record of :func:`sensitivity_plan`: ``curves`` ({layer: [[sparsity, accuracy], ...]}, validation accuracy
+    with that layer alone pruned), ``dense_accuracy``, ``params`` (weights per layer), ``samples`` (validation rows),
+    ``criterion``, ``target`` (the overall sparsity), ``sparsities`` (chosen per layer), ``expected_overall`` (their
+    weighted mean) and ``tolerance_points`` (the shared accuracy-drop tolerance that gives them).
+
+    Example:
+        >>> plan = SensitivityPlan.from_json(sensitivity_plan(model, data, cfg))   # doctest: +SKIP
+    """
+
+    kind = "prune_sensitivity"
+    curves: dict[str, list] = dataclasses.field(default_factory=dict)
+    dense_accuracy: float | None = None
+    params: dict[str, int] = dataclasses.field(default_factory=dict)
+    samples: int | None = None
+    criterion: str = "magnitude"
+    target: float | None = None
+    sparsities: dict[str, float] = dataclasses.field(default_factory=dict)
+    expected_overall: float | None = None
+    tolerance_points: float | None = None
+
+    def summary(self) -> list[tuple[str, str]]:
+        dense = self.dense_accuracy
+        text = (f"each layer pruned alone ({self.criterion}) on {self.samples if self.samples is not None else '?'} "
+                f"validation rows; dense accuracy {100 * dense:.2f} %" if number(dense) else
+                "each layer pruned alone")
+        if number(self.tolerance_points) and number(self.target):
+            text += (f"; shared tolerance {self.tolerance_points:.2f} points gives the chosen sparsities, "
+                     f"{100 * self.target:.1f} % of the weights overall")
+        return [("sensitivity", text)]
+
+    def tables(self) -> list[Table]:
+        levels = sorted({float(p[0]) for points in self.curves.values() for p in points})
+        rows = []
+        for layer, points in self.curves.items():
+            acc = {float(p[0]): float(p[1]) for p in points}
+            size = self.params.get(layer)
+            rows.append([str(layer), DASH if size is None else f"{size:,}"]
+                        + [f"{100 * acc[s]:.2f}" if s in acc else DASH for s in levels]
+                        + [f"{100 * float(self.sparsities[layer]):.2f}" if layer in self.sparsities else DASH])
+        return [(["layer", "weights"] + [f"acc % @{100 * s:g}%" for s in levels] + ["chosen sparsity %"], rows)]
+
+    def figures(self, artifact: str) -> list[Figure]:
+        return [Figure("sensitivity", f"pruning sensitivity of {artifact}", lambda: render_sensitivity_curves(
+            self.curves, dense_accuracy=self.dense_accuracy, chosen=self.sparsities or None,
+            title=f"{artifact}: pruning sensitivity, one layer at a time"))]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.curves, Mapping):
+            raise TypeError(f"sensitivity curves must be {{layer: [[sparsity, accuracy], ...]}}, got {self.curves!r}")
+
+
+__all__ = ["SensitivityPlan", "layer_sensitivity", "plot_sensitivity_curves", "render_sensitivity_curves", "round_sparsities",
            "sensitivity_plan", "sparsities_from_sensitivity"]

@@ -17,9 +17,12 @@ importance (a callable: one coupled group of layers in, one score per channel ou
 
 A pruned model no longer matches ``create_model(...)``: :func:`resize_to_state_dict_` gives a freshly built model
 the shapes of a saved pruned state dict before loading it.
+
+:class:`ChannelPruningRecord` is what the `prune_channels` stage reports (:func:`prune_channels_to_target`'s result).
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +38,7 @@ from torch.nn.modules.conv import _ConvNd
 from torchslim.config import Config
 from torchslim.errors import TorchslimError
 from torchslim.prune.masks import detach_masks
+from torchslim.records import DASH, Record, Table, json_text, percent, register
 from torchslim.registry import Registry
 
 if TYPE_CHECKING:
@@ -254,6 +258,46 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
             "params_before": params, "params_after": rounds[-1]["params"],
             "channels": {layer: [widths[layer], c[1]] for layer, c in pruned["channels"].items()},
             "rounds": rounds, "prune_channels": cfg.model_dump()}
+
+
+@register
+@dataclasses.dataclass
+class ChannelPruningRecord(Record):
+    """What a `prune_channels` stage reports, as :func:`prune_channels_to_target` returns it: MACs and parameters
+    before and after, ``channels`` ({layer: [width before, width after]}), ``rounds`` (per round: ``target_macs``,
+    ``macs``, ``params`` and its fine-tuning) and ``prune_channels`` (the config as a dict).
+
+    Example:
+        >>> rec = ChannelPruningRecord(1000, 400, 2.5, 100, 45, {"conv1": [16, 6]})
+        >>> rec.summary()[0]
+        ('MACs', '1,000 → 400 (2.50× fewer)')
+    """
+
+    kind = "channel_pruning"
+    macs_before: int
+    macs_after: int
+    macs_reduction: float
+    params_before: int
+    params_after: int
+    channels: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    rounds: list[dict] = dataclasses.field(default_factory=list)
+    prune_channels: dict = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> list[tuple[str, str]]:
+        rows = [("MACs", f"{self.macs_before:,} → {self.macs_after:,} ({self.macs_reduction:.2f}× fewer)"),
+                ("parameters", f"{self.params_before:,} → {self.params_after:,}")]
+        return rows + ([("prune_channels config", json_text(self.prune_channels))] if self.prune_channels else [])
+
+    def tables(self) -> list[Table]:
+        tables = [(["layer", "channels before", "channels after"],
+                   [[str(layer), str(c[0]), str(c[1])] for layer, c in self.channels.items()])] if self.channels else []
+        if self.rounds:
+            rows = [[str(k), f"{r.get('target_macs', 0):,.0f}", f"{r.get('macs', 0):,}", f"{r.get('params', 0):,}",
+                     str(len(r.get("history") or [])),
+                     f"{percent(r.get('best_val_accuracy'))} (epoch {r['best_epoch']})"
+                     if r.get("best_epoch") is not None else DASH] for k, r in enumerate(self.rounds, start=1)]
+            tables.append((["round", "target MACs", "MACs", "params", "epochs", "kept val accuracy"], rows))
+        return tables
 
 
 def _widths(model: nn.Module) -> dict[str, int]:

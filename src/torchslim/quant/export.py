@@ -10,7 +10,8 @@ narrower than its container is clamped by Q→DQ→Clip→Q→DQ (the Clip lies 
 both stay fusable), so the file computes what the fake-quant model computes.
 
 :func:`export_qdq_verified` also runs the file in ONNX Runtime and records how well it agrees with the fake-quant model
-and with the float model, and which kernels ONNX Runtime chose.
+and with the float model, and which kernels ONNX Runtime chose. :class:`QuantizationRecord` is what a quantizing
+stage reports: that check, the config, and why the artifact may not be faster than its float source.
 
 Example:
     >>> qmodel = ptq(model, QuantConfig(), data.train.tensors[0])                 # doctest: +SKIP
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import os
 import tempfile
 import warnings
@@ -30,14 +32,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchslim.errors import TorchslimError
-from torchslim.export.onnx import INPUT_NAME, OUTPUT_NAME
+from torchslim.export.onnx import INPUT_NAME, OUTPUT_NAME, OnnxVerification
 from torchslim.io import atomic_path
 from torchslim.quant.fakequant import FakeQuant, effective_scale, fake_quantize
 from torchslim.quant.prepare import ACTIVATIONS, INT32_MAX, INT32_MIN, QuantConv2d, QuantLinear, _QuantLayer
+from torchslim.records import Record, json_text, register
 
 # Node types of ONNX Runtime's integer kernels, as they appear in an optimized graph.
 INT8_KERNELS = ("QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "ConvInteger", "MatMulIntegerToFloat",
                 "DynamicQuantizeMatMul", "QLinearAdd", "QLinearGlobalAveragePool", "QLinearAveragePool")
+# Float compute ops as they appear in ONNX Runtime's optimized graph: a layer left in float runs as one of these.
+FLOAT_KERNELS = ("Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul", "ConvTranspose", "NhwcConv")
+CONVERSIONS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear")
 
 
 class _QuantizeDequantize(torch.autograd.Function):
@@ -304,3 +310,83 @@ def export_qdq_verified(qmodel: nn.Module, reference: nn.Module, path: str | os.
     return {"verification": compare_logits(predict(qmodel, test_inputs).numpy(), onnx_logits),
             "vs_fp32": compare_logits(predict(reference, test_inputs).numpy(), onnx_logits),
             "kernels": ort_kernels(path)}
+
+
+def _verification(value) -> OnnxVerification | None:
+    return OnnxVerification.from_json(value) if isinstance(value, dict) else value
+
+
+@register
+@dataclasses.dataclass
+class QuantizationRecord(Record):
+    """What a quantizing stage reports about its int8 artifact.
+
+    ``mode``: ``"static"`` or ``"dynamic"`` for ONNX Runtime's quantizer (:func:`torchslim.quant.quantize`), None for
+    torchslim's fake-quant model exported as QDQ. ``config``: the quantization config as a dict. ``verification``:
+    ONNX Runtime against the fake-quant model that was exported (QDQ only); ``vs_fp32``: against the float model it
+    was quantized from (each an :class:`~torchslim.export.onnx.OnnxVerification`). ``kernels``: the node types of the
+    graph ONNX Runtime runs (:func:`ort_kernels`). ``float_layers``: for an artifact without an ONNX graph (a PyTorch
+    one), the layer types it left in float, {type: count}. ``source``: the name of the float artifact it was made
+    from, when that is not the last float PyTorch artifact before it.
+
+    Example:
+        >>> rec = QuantizationRecord(kernels={"QLinearConv": 2, "Gemm": 1, "QuantizeLinear": 3, "DequantizeLinear": 2})
+        >>> rec.speed_reasons()
+        ['1 layer left in float (Gemm)', '5 int8↔float conversions (QuantizeLinear/DequantizeLinear) around them']
+    """
+
+    kind = "quantization"
+    quantized = True
+    mode: str | None = None
+    config: dict = dataclasses.field(default_factory=dict)
+    verification: OnnxVerification | None = None
+    vs_fp32: OnnxVerification | None = None
+    kernels: dict[str, int] | None = None
+    float_layers: dict[str, int] | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:  # from JSON, or from export_qdq_verified's dict
+        self.verification, self.vs_fp32 = _verification(self.verification), _verification(self.vs_fp32)
+
+    @classmethod
+    def qdq(cls, config: dict, verified: dict) -> QuantizationRecord:
+        """The record of torchslim's own QDQ export: `config` and :func:`export_qdq_verified`'s result."""
+        return cls(config=config, **verified)
+
+    def made_from(self) -> str | None:
+        return self.source
+
+    def summary(self) -> list[tuple[str, str]]:
+        how = f"ONNX Runtime's int8 quantizer, {self.mode}" if self.mode else "torchslim fake-quant model as QDQ ONNX"
+        rows = [("quantization", how)]
+        if self.config:
+            rows.append(("quantization config", json_text(self.config)))
+        if self.verification is not None:
+            rows.append(("ONNX Runtime vs fake-quant model", self.verification.text()))
+        if self.vs_fp32 is not None:
+            rows.append(("ONNX Runtime vs fp32 PyTorch", self.vs_fp32.text()))
+        if self.kernels:
+            rows.append(("ONNX Runtime kernels", ", ".join(f"{op} ×{n}" for op, n in sorted(self.kernels.items()))))
+        if self.float_layers:
+            rows.append(("layers left in float", ", ".join(f"{op} ×{n}" for op, n in self.float_layers.items())))
+        if self.source:
+            rows.append(("made from", self.source))
+        return rows
+
+    def speed_reasons(self) -> list[str]:
+        kernels = self.kernels or {}
+        reasons = []
+        # A PyTorch artifact has no ORT graph to read; its maker may list the layer types it left in float instead.
+        floats = {op: n for op, n in kernels.items() if op in FLOAT_KERNELS and n} or dict(self.float_layers or {})
+        if floats:
+            count = sum(floats.values())
+            reasons.append(f"{count} layer{'s' if count != 1 else ''} left in float ({', '.join(sorted(floats))})")
+        if kernels:
+            if not any(kernels.get(op) for op in INT8_KERNELS):
+                reasons.append("ONNX Runtime fused no int8 kernels, so it ran float layers plus conversions")
+            conversions = sum(kernels.get(op, 0) for op in CONVERSIONS)
+            if conversions > 2 and floats:  # one Quantize at the input and one Dequantize at the output are inevitable
+                reasons.append(f"{conversions} int8↔float conversions (QuantizeLinear/DequantizeLinear) around them")
+        if self.mode == "dynamic":
+            reasons.append("dynamic quantization measures and quantizes every activation on each call")
+        return reasons

@@ -145,18 +145,21 @@ def quantize(model: nn.Module, cfg: StaticInt8Config | DynamicInt8Config, data: 
     """Quantize `model` to int8 for ONNX Runtime and return the deployable :class:`~torchslim.artifact.Artifact`.
 
     `data` is a DataBundle: static quantization calibrates on ``data.train``, the file is exported with
-    ``data.task``'s inputs (int64 token ids for text), and the artifact records its top-1 agreement with `model` on
-    ``data.test``. Or `data` is a DataLoader / re-iterable of ``(inputs, labels)`` batches (or None): the agreement
-    is measured on it, static quantization calibrates on its first ``cfg.calibration_batches`` batches, and the
-    export takes its first batch's inputs unless `task` is given. `calibration` (a tensor, a mapping of tensors or a
-    loader) replaces the calibration data in either case.
+    ``data.task``'s inputs (int64 token ids for text), and the artifact's
+    :class:`~torchslim.quant.export.QuantizationRecord` (``art.info["quantization"]``) holds its top-1 agreement
+    with `model` on ``data.test`` (``vs_fp32``). Or `data` is a DataLoader / re-iterable of ``(inputs, labels)``
+    batches (or None): the agreement is measured on it, static quantization calibrates on its first
+    ``cfg.calibration_batches`` batches, and the export takes its first batch's inputs unless `task` is given.
+    `calibration` (a tensor, a mapping of tensors or a loader) replaces the calibration data in either case.
 
     Example:
         >>> art = quantize(model, StaticInt8Config(calibration_batches=32), data, "runs/x/int8.onnx")  # doctest: +SKIP
         >>> art = quantize(text_model, DynamicInt8Config(), test_loader, "text.int8.onnx", task=task)  # doctest: +SKIP
     """
     from torchslim.artifact import Artifact
-    from torchslim.export.onnx import verify_onnx
+    from torchslim.export.onnx import OnnxVerification
+    from torchslim.quant.export import QuantizationRecord
+    from torchslim.records import as_info
 
     if hasattr(data, "train") and hasattr(data, "test"):  # a DataBundle
         task = task or getattr(data, "task", None)
@@ -180,6 +183,6 @@ def quantize(model: nn.Module, cfg: StaticInt8Config | DynamicInt8Config, data: 
     else:
         quantize_dynamic_int8(model, cfg, path, input_shape, task=task, example=example)
         mode = "dynamic"
-    info = {"mode": mode, "config": cfg.model_dump(),
-            "verification": verify_onnx(model, path, check) if check is not None else None}
+    vs_fp32 = OnnxVerification.measure(model, path, check) if check is not None else None
+    info = as_info(QuantizationRecord(mode=mode, config=cfg.model_dump(), vs_fp32=vs_fp32))
     return Artifact(name, "quantize", "onnxruntime", Path(path), model, info)

@@ -10,7 +10,8 @@ Three steps, each usable alone:
   back to 8 bits, then to float, one at a time, until the accuracy is within a tolerance of fp32; every trial is kept
   for the report.
 
-:func:`mixed_precision` runs them in order, for a size budget or an accuracy tolerance, and returns the record.
+:func:`mixed_precision` runs them in order, for a size budget or an accuracy tolerance, and returns the record;
+:class:`MixedPrecisionRecord` is that record as the `mixed` stage reports it.
 
 Every result is an ordinary :class:`QuantConfig` (``per_layer_bits`` + ``exclude``), so ``ptq``/``qat``/``export_qdq``
 take it as is.
@@ -29,6 +30,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import lzma
 import os
@@ -44,6 +46,7 @@ from torchslim.errors import TorchslimError, unknown_choice
 from torchslim.quant.fakequant import FakeQuant
 from torchslim.quant.prepare import _QuantLayer, calibrate, calibration_rows, prepare
 from torchslim.quant.config import QuantConfig
+from torchslim.records import DASH, Record, Table, register
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
@@ -443,5 +446,52 @@ def plot_sensitivity(rows: Sequence[dict], path: str | os.PathLike, *, metric: s
     return path
 
 
-__all__ = ["FLOAT", "accuracy_aware", "allocate_bits", "config_for", "layer_sensitivity", "mixed_precision",
-           "plot_sensitivity", "quantizable_layers", "sensitivity_order", "weight_bytes"]
+@register
+@dataclasses.dataclass
+class MixedPrecisionRecord(Record):
+    """How :func:`mixed_precision` chose the weight widths (its result without ``quant``, which the artifact's
+    quantization record holds): ``bits`` ({layer: bits}, 32 = float), ``weight_bytes`` (packed, at those widths),
+    ``int8_weight_bytes``, ``sensitivity`` (the rows of :func:`layer_sensitivity`), ``split`` (where they were
+    measured), and ``budget_bytes`` (a size budget) or ``trials`` (an accuracy tolerance: every trial, in order).
+
+    Example:
+        >>> MixedPrecisionRecord({"fc1": 4, "fc2": 32}, 600, 1000).summary()[0]
+        ('weight bits', 'fc1 4, fc2 float: 600 bytes of weights, 60.0 % of uniform int8 (1,000 bytes)')
+    """
+
+    kind = "mixed_precision"
+    bits: dict[str, int]
+    weight_bytes: float
+    int8_weight_bytes: float
+    sensitivity: list[dict] = dataclasses.field(default_factory=list)
+    split: str | None = None
+    budget_bytes: float | None = None
+    trials: list[dict] | None = None
+
+    def summary(self) -> list[tuple[str, str]]:
+        widths = ", ".join(f"{n} {'float' if b == FLOAT else b}" for n, b in self.bits.items())
+        rows = [("weight bits", f"{widths}: {self.weight_bytes:,.0f} bytes of weights, "
+                                f"{100 * self.weight_bytes / max(1, self.int8_weight_bytes):.1f} % of uniform int8 "
+                                f"({self.int8_weight_bytes:,.0f} bytes)")]
+        if self.budget_bytes is not None:
+            rows.append(("budget", f"{self.budget_bytes:,.0f} bytes of weights"))
+        if self.trials:
+            kept = next((t for t in self.trials if t.get("bits") == self.bits), self.trials[-1])
+            rows.append(("accuracy-aware trials", f"{len(self.trials)}; kept trial {kept.get('trial')}: accuracy "
+                                                  f"{100 * kept.get('accuracy', float('nan')):.2f} % "
+                                                  f"({kept.get('drop', float('nan')):.2f} points below fp32)"))
+        return rows
+
+    def tables(self) -> list[Table]:
+        if not self.sensitivity:
+            return []
+        widths = sorted({int(r["bits"]) for r in self.sensitivity})
+        drop = {(r["layer"], int(r["bits"])): r.get("drop") for r in self.sensitivity}
+        layers = list(dict.fromkeys(r["layer"] for r in self.sensitivity))
+        rows = [[str(n), DASH if n not in self.bits else ("float" if self.bits[n] == FLOAT else str(self.bits[n]))]
+                + [DASH if drop.get((n, b)) is None else f"{drop[(n, b)]:.2f}" for b in widths] for n in layers]
+        return [(["layer", "chosen bits"] + [f"drop @{b}-bit (points, {self.split or 'val'})" for b in widths], rows)]
+
+
+__all__ = ["FLOAT", "MixedPrecisionRecord", "accuracy_aware", "allocate_bits", "config_for", "layer_sensitivity",
+           "mixed_precision", "plot_sensitivity", "quantizable_layers", "sensitivity_order", "weight_bytes"]

@@ -3,8 +3,8 @@
 A new stage is one class in one of these files (or a new file imported here) with ``@STAGES.register``.
 """
 from torchslim.pipeline.stages import distill, export, prune, quant, train  # noqa: F401  (they register)
-from torchslim.pipeline.stages.base import STAGES, Stage, fit_info
+from torchslim.pipeline.stages.base import STAGES, Stage
 
 STAGE_TYPES: dict[str, type[Stage]] = {name: STAGES.get(name) for name in STAGES.names()}
 
-__all__ = ["STAGES", "STAGE_TYPES", "Stage", "fit_info"]
+__all__ = ["STAGES", "STAGE_TYPES", "Stage"]

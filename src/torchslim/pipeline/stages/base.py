@@ -2,7 +2,8 @@
 calls one public function of a family and returns one artifact.
 
 A new stage is one class here (or in a file beside this one) registered with ``@STAGES.register("type")``; the
-recipe schema, `torchslim list stages`, torchrun and resume learn about it from the class.
+recipe schema, `torchslim list stages`, torchrun and resume learn about it from the class. What the stage reports
+goes on its artifact as typed records (:mod:`torchslim.records`), which its family builds.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torchslim.artifact import Artifact, Runtime
 from torchslim.config import Config
 from torchslim.io import load_checkpoint, load_state_dict
 from torchslim.pipeline.state import RunState
+from torchslim.records import Record, as_info
 from torchslim.registry import Registry
 
 STAGES: Registry[type[Stage]] = Registry("stage")
@@ -64,13 +66,15 @@ class Stage(Config):
         """The model this stage trains: a fresh student, or a copy of the current model (never changed in place)."""
         return state.create(state.recipe.student) if self.makes_student else copy.deepcopy(state.model)
 
-    def pytorch_artifact(self, state: RunState, model: nn.Module, info: dict) -> Artifact:
+    def pytorch_artifact(self, state: RunState, model: nn.Module, *records: Record | None, **facts: Any) -> Artifact:
+        """Save `model` as this stage's artifact, reporting `records` (None skipped) and free-form `facts`."""
         meta = {"stage": self.type, "model": state.recipe.student.model if self.makes_student else None}
         path = state.save(model, self.label, meta)
-        return Artifact(self.label, self.type, "pytorch", path, model.eval(), info)
+        return Artifact(self.label, self.type, "pytorch", path, model.eval(), as_info(*records, **facts))
 
     def reload(self, state: RunState, path: Path, info: dict) -> Artifact:
-        """A finished stage's artifact, rebuilt from its file instead of being recomputed (`--resume`)."""
+        """A finished stage's artifact, rebuilt from its file instead of being recomputed (`--resume`); `info` is
+        the one it reported, its records read back from progress.json."""
         if self.runtime == "onnxruntime":
             return Artifact(self.label, self.type, "onnxruntime", path, state.model, info)
         model = self.start_model(state)
@@ -79,9 +83,3 @@ class Stage(Config):
 
             resize_to_state_dict_(model, load_state_dict(path))
         return Artifact(self.label, self.type, "pytorch", path, load_checkpoint(model, path).eval(), info)
-
-
-def fit_info(result) -> dict:
-    """What the report shows of a training run: the per-epoch history and the kept epoch."""
-    return {"history": result.history, "best_epoch": result.best_epoch,
-            "best_val_accuracy": result.best_val_accuracy}

@@ -2,16 +2,20 @@
 several) and `datafree` (no training images)."""
 from __future__ import annotations
 
-from typing import Literal
+import dataclasses
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
 from torchslim.artifact import Artifact
-from torchslim.distillation import KDConfig, build_objective, distill, teacher_agreement
+from torchslim.distillation import KDConfig, build_objective, distill
 from torchslim.distillation.datafree import DataFreeConfig, check_data_free, distill_data_free, few_data_indices
+from torchslim.distillation.kd import TeacherAgreement
 from torchslim.errors import TorchslimError, did_you_mean
-from torchslim.pipeline.stages.base import STAGES, RunState, Stage, fit_info
+from torchslim.pipeline.stages.base import STAGES, RunState, Stage
+from torchslim.records import Record, TrainingRecord, json_text, percent, register
 from torchslim.training import TrainConfig, dist
 
 
@@ -37,18 +41,19 @@ class DistillStage(Stage, KDConfig):
         torch.manual_seed(seed)
         model = self.start_model(state)
         teachers = {name: state.teachers[name] for name in self.teachers or state.teachers}
-        info = fit_info(distill(model, teachers, state.data, self, self.train, seed=seed,
-                                checkpoint=state.checkpoint(self.label), stage=self.label, log=state.log))
-        info.update(kd=self.model_dump(include=set(KDConfig.model_fields)), teachers=list(teachers))
+        fitted = distill(model, teachers, state.data, self, self.train, seed=seed,
+                         checkpoint=state.checkpoint(self.label), stage=self.label, log=state.log)
+        facts = {"kd": self.model_dump(include=set(KDConfig.model_fields)), "teachers": list(teachers)}
         if not self.makes_student:
-            info["init_from"] = next((a.name for a in reversed(state.artifacts)
-                                      if a.runtime == "pytorch" and a.model is state.model), None)
+            facts["init_from"] = next((a.name for a in reversed(state.artifacts)
+                                       if a.runtime == "pytorch" and a.model is state.model), None)
+        agreement = None
         if dist.is_main():
             # Top-1 agreement with the teacher(s) on the test set: how much of the teacher's function was transferred.
-            info["teacher_agreement"] = teacher_agreement(model, teachers, state.test_inputs(), self)
+            agreement = TeacherAgreement.measure(model, teachers, state.test_inputs(), self)
             state.log(f"[{self.label}] top-1 agreement with the teacher on the test set: "
-                      f"{100 * info['teacher_agreement']['combined']:.2f}%")
-        return self.pytorch_artifact(state, model, info)
+                      f"{100 * agreement.combined:.2f}%")
+        return self.pytorch_artifact(state, model, TrainingRecord.of(fitted), agreement, **facts)
 
     def check_recipe(self, recipe, where: str, made_model: bool) -> None:
         names = recipe.teacher_names()
@@ -107,9 +112,8 @@ class DataFreeStage(Stage, DataFreeConfig):
                                  num_classes=state.data.num_classes, val=state.data.val,
                                  few_data=None if idx is None else state.data.train.tensors[0][idx], seed=seed,
                                  checkpoint=state.checkpoint(self.label), stage=self.label, log=state.log)
-        if idx is not None:
-            info["few_data_indices"] = idx.tolist()
-        return self.pytorch_artifact(state, model, info)
+        few = None if idx is None else idx.tolist()
+        return self.pytorch_artifact(state, model, DataFreeRecord.from_json({**info, "few_data_indices": few}))
 
     def check_recipe(self, recipe, where: str, made_model: bool) -> None:
         if recipe.teacher is None:
@@ -126,3 +130,46 @@ class DataFreeStage(Stage, DataFreeConfig):
             teacher = state.create(state.recipe.teacher)
         check_data_free(self, teacher, state.data.input_shape, n_train=len(state.data.train),
                         teacher_name=state.recipe.teacher.model or state.recipe.teacher.factory)
+
+
+@register
+@dataclasses.dataclass
+class DataFreeRecord(Record):
+    """What a `datafree` stage reports: :func:`~torchslim.distillation.datafree.distill_data_free`'s result as it is
+    (``method``, ``history`` — per epoch, the source's numbers at the top level —, ``best_epoch``,
+    ``best_val_accuracy``, and in ``details`` everything else it returns: config, teacher accuracy, generator or
+    transfer-set facts, ...), plus ``few_data_indices``: the training rows a ``vae`` run was given (None otherwise).
+    Its JSON is that dict, flat, as the function returns it.
+
+    Defined here, by the stage, while datafree.py is being rewritten; it belongs beside distill_data_free.
+    """
+
+    kind = "datafree"
+    method: str = ""
+    history: list[dict] = dataclasses.field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_accuracy: float | None = None
+    few_data_indices: list[int] | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = super().to_json()
+        details = data.pop("details")
+        few = data.pop("few_data_indices")
+        return {**data, **details, **({"few_data_indices": few} if few is not None else {})}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DataFreeRecord:
+        names = {f.name for f in dataclasses.fields(cls)} - {"details"}
+        return cls(**{k: v for k, v in data.items() if k in names},
+                   details={k: v for k, v in data.items() if k not in names})
+
+    def summary(self) -> list[tuple[str, str]]:
+        text = f"{self.method}; {len(self.history)} epoch{'s' if len(self.history) != 1 else ''}"
+        if self.best_epoch is not None:
+            text += f"; kept epoch {self.best_epoch} (val {percent(self.best_val_accuracy)})"
+        rows = [("data-free distillation", text)]
+        rows += [(str(k), json_text(v)) for k, v in self.details.items()]
+        if self.few_data_indices is not None:
+            rows.append(("few-data rows", f"{len(self.few_data_indices)} training images (indices in report.json)"))
+        return rows

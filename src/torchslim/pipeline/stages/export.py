@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Literal
 
 from torchslim.artifact import Artifact, Runtime
-from torchslim.export import ExportConfig, export_onnx, load_compressed, save_compressed, verify_onnx
+from torchslim.export import ExportConfig, export_onnx, load_compressed, save_compressed
+from torchslim.export.onnx import OnnxVerification
 from torchslim.pipeline.stages.base import STAGES, RunState, Stage
+from torchslim.records import as_info
 
 
 @STAGES.register("export", help="export the current model: fp32 ONNX (verified) or a Deep Compression file")
@@ -32,13 +34,12 @@ class ExportStage(Stage, ExportConfig):
                     "fixed_width_bytes": sizes.get("fixed_width_bytes"), "lzma_bytes": sizes.get("lzma_bytes")}
             return self.reload(state, path, info)  # evaluate the file that ships, loaded back from disk
         path = export_onnx(state.model, state.out / f"{self.label}.onnx", task=state.task, opset=self.opset)
-        info: dict = {"opset": self.opset}
+        v = None
         if self.verify:
-            v = info["verification"] = verify_onnx(state.model, path, state.test_inputs(),
-                                                   threads=state.recipe.evaluate.threads)
-            state.log(f"[{self.label}] ONNX vs PyTorch on {v['samples']} test inputs: max |Δlogit| "
-                      f"{v['max_abs_diff']:.2e}, top-1 agreement {100 * v['top1_agreement']:.2f}%")
-        return Artifact(self.label, self.type, "onnxruntime", path, state.model, info)
+            v = OnnxVerification.measure(state.model, path, state.test_inputs(), threads=state.recipe.evaluate.threads)
+            state.log(f"[{self.label}] ONNX vs PyTorch on {v.samples} test inputs: max |Δlogit| "
+                      f"{v.max_abs_diff:.2e}, top-1 agreement {100 * v.top1_agreement:.2f}%")
+        return Artifact(self.label, self.type, "onnxruntime", path, state.model, as_info(v, opset=self.opset))
 
     def reload(self, state: RunState, path: Path, info: dict) -> Artifact:
         if self.format == "compressed":

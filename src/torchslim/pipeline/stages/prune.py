@@ -10,9 +10,12 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from torchslim.artifact import Artifact
-from torchslim.pipeline.stages.base import STAGES, RunState, Stage, fit_info
+from torchslim.pipeline.stages.base import STAGES, RunState, Stage
 from torchslim.prune import (ChannelPruneConfig, CodebookConfig, PruneConfig, finetune_codebooks,
                              prune_channels_to_target, prune_with_schedule, reinitialize_, share_weights_)
+from torchslim.prune.schedules import pruning_records
+from torchslim.prune.structured import ChannelPruningRecord
+from torchslim.records import TrainingRecord
 from torchslim.training import TrainConfig
 
 
@@ -41,7 +44,7 @@ class PruneStage(Stage, PruneConfig):
             self.start_model(state), self, state.data, self.train, seed=seed, stage=self.label, log=state.log,
             checkpoint=state.checkpoint(self.label), round_checkpoint=state.round_checkpoint(self.label),
             fresh_init=lambda s: self._fresh_model(state, s))
-        return self.pytorch_artifact(state, model, info)
+        return self.pytorch_artifact(state, model, *pruning_records(info))
 
     @staticmethod
     def _fresh_model(state: RunState, seed: int) -> tuple[nn.Module, str]:
@@ -74,7 +77,7 @@ class PruneChannelsStage(Stage, ChannelPruneConfig):
         info = prune_channels_to_target(model, self, state.data, self.train, example_inputs=state.example_inputs(1),
                                         seed=seed, checkpoint=state.round_checkpoint(self.label), stage=self.label,
                                         log=state.log)
-        return self.pytorch_artifact(state, model, info)
+        return self.pytorch_artifact(state, model, ChannelPruningRecord.from_json(info))
 
 
 @STAGES.register("share", help="Deep Compression k-means weight sharing with centroid fine-tuning")
@@ -89,11 +92,12 @@ class ShareStage(Stage, CodebookConfig):
     def run(self, state: RunState, seed: int) -> Artifact:
         model = self.start_model(state)
         books = share_weights_(model, self)
-        info: dict = {"codebook": self.model_dump(include=set(CodebookConfig.model_fields)),
-                      "bits": {name: b.bits for name, b in books.items()}}
+        facts = {"codebook": self.model_dump(include=set(CodebookConfig.model_fields)),
+                 "bits": {name: b.bits for name, b in books.items()}}
+        training = None
         if self.train.epochs:
             books, fitted = finetune_codebooks(model, books, state.data.train, state.data.val, self.train, seed=seed,
                                                bias_dtype=self.bias_dtype, stage=self.label, log=state.log)
-            info.update(fit_info(fitted))
+            training = TrainingRecord.of(fitted)
         state.codebooks = books
-        return self.pytorch_artifact(state, model, info)
+        return self.pytorch_artifact(state, model, training, **facts)

@@ -9,9 +9,12 @@ from torch import nn
 
 from torchslim.artifact import Artifact
 from torchslim.distillation import KDConfig
-from torchslim.pipeline.stages.base import STAGES, RunState, Stage, fit_info
+from torchslim.pipeline.stages.base import STAGES, RunState, Stage
 from torchslim.quant import (DynamicInt8Config, QuantConfig, StaticInt8Config, export_qdq_verified, mixed_precision,
                              ptq, qat, quantize)
+from torchslim.quant.export import QuantizationRecord
+from torchslim.quant.sensitivity import MixedPrecisionRecord
+from torchslim.records import Record, TrainingRecord, as_info
 from torchslim.training import TrainConfig, dist
 
 
@@ -26,9 +29,9 @@ class QuantizeStage(Stage, StaticInt8Config):
     def run(self, state: RunState, seed: int) -> Artifact:
         cfg = self if self.mode == "static" else DynamicInt8Config(per_channel=self.per_channel)
         art = quantize(state.model, cfg, state.data, state.out / f"{self.label}.onnx", name=self.label, seed=seed)
-        v = art.info["verification"]
-        state.log(f"[{art.name}] int8 ({self.mode}) vs fp32 PyTorch on {v['samples']} test inputs: "
-                  f"top-1 agreement {100 * v['top1_agreement']:.2f}%")
+        v = art.record(QuantizationRecord).vs_fp32
+        state.log(f"[{art.name}] int8 ({self.mode}) vs fp32 PyTorch on {v.samples} test inputs: "
+                  f"top-1 agreement {100 * v.top1_agreement:.2f}%")
         return art
 
 
@@ -38,16 +41,17 @@ class _QDQStage(Stage, QuantConfig):
     opset: int = Field(17, ge=13, le=21)
     stage_runtime = "onnxruntime"
 
-    def quantized_artifact(self, state: RunState, qmodel: nn.Module, info: dict) -> Artifact:
+    def quantized_artifact(self, state: RunState, qmodel: nn.Module, config: dict, *records: Record | None
+                           ) -> Artifact:
         """Export a fake-quant model with its own scales; check ONNX Runtime against it and against fp32."""
         path = state.out / f"{self.label}.onnx"
-        info.update(export_qdq_verified(qmodel, state.model, path, state.test_inputs(),
-                                        example_inputs=state.example_inputs(1), opset=self.opset,
-                                        threads=state.recipe.evaluate.threads))
+        quantization = QuantizationRecord.qdq(config, export_qdq_verified(
+            qmodel, state.model, path, state.test_inputs(), example_inputs=state.example_inputs(1), opset=self.opset,
+            threads=state.recipe.evaluate.threads))
         state.log(f"[{self.label}] ONNX Runtime vs fake-quant model: top-1 agreement "
-                  f"{100 * info['verification']['top1_agreement']:.2f}%; vs fp32: "
-                  f"{100 * info['vs_fp32']['top1_agreement']:.2f}%")
-        return Artifact(self.label, self.type, "onnxruntime", path, state.model, info)
+                  f"{100 * quantization.verification.top1_agreement:.2f}%; vs fp32: "
+                  f"{100 * quantization.vs_fp32.top1_agreement:.2f}%")
+        return Artifact(self.label, self.type, "onnxruntime", path, state.model, as_info(quantization, *records))
 
     def quant_config(self) -> dict:
         return self.model_dump(include=set(QuantConfig.model_fields))
@@ -62,7 +66,7 @@ class PTQStage(_QDQStage):
 
     def run(self, state: RunState, seed: int) -> Artifact:
         qmodel = ptq(state.model, self, state.data.train.tensors[0], seed=seed)
-        return self.quantized_artifact(state, qmodel, {"quant": self.quant_config()})
+        return self.quantized_artifact(state, qmodel, self.quant_config())
 
 
 @STAGES.register("qat", help="quantization-aware training (optionally distilled), exported as QDQ ONNX")
@@ -83,7 +87,7 @@ class QATStage(_QDQStage):
                              log=state.log)
         if not dist.is_main():  # rank 0 alone exports; the other ranks only trained alongside
             return Artifact(self.label, self.type, "onnxruntime", state.out / f"{self.label}.onnx", state.model)
-        return self.quantized_artifact(state, qmodel, {"quant": self.quant_config(), **fit_info(fitted)})
+        return self.quantized_artifact(state, qmodel, self.quant_config(), TrainingRecord.of(fitted))
 
 
 @STAGES.register("mixed", help="mixed-precision weights from per-layer sensitivity (size budget or accuracy tolerance)")
@@ -107,6 +111,7 @@ class MixedStage(_QDQStage):
         cfg, info = mixed_precision(state.model, self, state.data, budget=self.budget,
                                     tolerance_points=self.tolerance_points, choices=self.choices, seed=seed,
                                     log=state.log)
-        state.log(f"[{self.label}] weight bits per layer: {info['bits']}")
+        mixed = MixedPrecisionRecord.from_json(info)
+        state.log(f"[{self.label}] weight bits per layer: {mixed.bits}")
         qmodel = ptq(state.model, cfg, state.data.train.tensors[0], seed=seed)
-        return self.quantized_artifact(state, qmodel, info)
+        return self.quantized_artifact(state, qmodel, self.quant_config(), mixed)

@@ -7,7 +7,8 @@ import torch
 from pydantic import Field
 
 from torchslim.artifact import Artifact
-from torchslim.pipeline.stages.base import STAGES, RunState, Stage, fit_info
+from torchslim.pipeline.stages.base import STAGES, RunState, Stage
+from torchslim.records import TrainingRecord
 from torchslim.training import TrainConfig, fit
 
 
@@ -26,9 +27,9 @@ class TrainStage(Stage):
     def run(self, state: RunState, seed: int) -> Artifact:
         torch.manual_seed(seed)
         model = self.start_model(state)
-        info = fit_info(fit(model, state.data.train, state.data.val, self.train, seed=seed,
-                            checkpoint=state.checkpoint(self.label), stage=self.label, log=state.log))
-        return self.pytorch_artifact(state, model, info)
+        fitted = fit(model, state.data.train, state.data.val, self.train, seed=seed,
+                     checkpoint=state.checkpoint(self.label), stage=self.label, log=state.log)
+        return self.pytorch_artifact(state, model, TrainingRecord.of(fitted))
 
 
 @STAGES.register("finetune", help="train the current model further on labels, keeping its zeros")
@@ -41,12 +42,12 @@ class FinetuneStage(Stage):
 
     def run(self, state: RunState, seed: int) -> Artifact:
         from torchslim.prune import hold_zeros
+        from torchslim.prune.schedules import SparsityRecord
 
         model = self.start_model(state)
         masks = hold_zeros(model)  # None for a dense model: it has no zeros worth holding
-        info = fit_info(fit(model, state.data.train, state.data.val, self.train, seed=seed,
-                            after_step=masks.apply if masks else None, extra_state=masks.masks if masks else None,
-                            checkpoint=state.checkpoint(self.label), stage=self.label, log=state.log))
-        if masks:
-            info.update(sparsity=masks.sparsity(), overall_sparsity=masks.overall())
-        return self.pytorch_artifact(state, model, info)
+        fitted = fit(model, state.data.train, state.data.val, self.train, seed=seed,
+                     after_step=masks.apply if masks else None, extra_state=masks.masks if masks else None,
+                     checkpoint=state.checkpoint(self.label), stage=self.label, log=state.log)
+        held = SparsityRecord.of(masks) if masks else None
+        return self.pytorch_artifact(state, model, TrainingRecord.of(fitted), held)
