@@ -97,7 +97,13 @@ def _variants(name: str, model, weights: Path, data, out: Path, log) -> tuple[li
     folder = out / name
     folder.mkdir(parents=True, exist_ok=True)
     x_train = data.train.tensors[0]
-    source = {"source": "pytorch-fp32"}
+    from torchslim.quant import QuantizationRecord
+    from torchslim.records import as_info
+
+    def quantized(**fields) -> dict:
+        # The record the report's speed notes read: which float model it was made from, the kernels ORT runs, or
+        # the layers a PyTorch quantizer left in float.
+        return as_info(QuantizationRecord(source="pytorch-fp32", **fields))
     arts: list = [Artifact("pytorch-fp32", "train", "pytorch", weights, model, {})]
 
     def attempt(label: str, make):
@@ -110,7 +116,7 @@ def _variants(name: str, model, weights: Path, data, out: Path, log) -> tuple[li
 
     fp32 = folder / "fp32.onnx"
     attempt("ort-fp32", lambda: Artifact("ort-fp32", "export", "onnxruntime",
-                                         export_onnx(model, fp32, data.input_shape), model, dict(source)))
+                                         export_onnx(model, fp32, data.input_shape), model, {}))
 
     def torchslim_int8():
         # Per-channel weights for convolutions (QLinearConv handles them at full speed), per-tensor for Linear layers:
@@ -118,8 +124,8 @@ def _variants(name: str, model, weights: Path, data, out: Path, log) -> tuple[li
         cfg = QuantConfig(linear_per_channel=False)
         path = export_qdq(ptq(model, cfg, x_train), folder / "torchslim-int8.onnx", data.input_shape)
         return Artifact("torchslim-int8", "ptq", "onnxruntime", path, model,
-                        {**source, "kernels": ort_kernels(path),
-                         "quant": "W8A8 minmax; per-channel conv weights, per-tensor linear weights"})
+                        quantized(kernels=ort_kernels(path),
+                                  config={"quant": "W8A8 minmax; per-channel conv weights, per-tensor linear weights"}))
 
     def ort_dynamic():
         # ORT's own quantize_dynamic on the very fp32 file timed above, not torchslim.quant.quantize_dynamic_int8
@@ -128,12 +134,12 @@ def _variants(name: str, model, weights: Path, data, out: Path, log) -> tuple[li
         with _quiet_root_logger():
             quantize_dynamic(str(fp32), str(path), weight_type=QuantType.QInt8)
         return Artifact("ort-dynamic", "quantize", "onnxruntime", path, model,
-                        {**source, "mode": "dynamic", "kernels": ort_kernels(path)})
+                        quantized(mode="dynamic", kernels=ort_kernels(path)))
 
     def ort_static():
         path = quantize_static_int8(model, StaticInt8Config(), x_train, folder / "ort-static.onnx", data.input_shape)
         return Artifact("ort-static", "quantize", "onnxruntime", path, model,
-                        {**source, "mode": "static", "kernels": ort_kernels(path)})
+                        quantized(mode="static", kernels=ort_kernels(path)))
 
     attempt("torchslim-int8", torchslim_int8)
     attempt("ort-dynamic", ort_dynamic)
@@ -144,8 +150,8 @@ def _variants(name: str, model, weights: Path, data, out: Path, log) -> tuple[li
     else:
         convs = sum(isinstance(m, torch.nn.Conv2d) for m in qmodel.modules())
         arts.append(Artifact("torchao-int8-dynamic", "quantize", "pytorch", weights, qmodel,
-                             {**source, "quant": "torchao int8 dynamic (Linear only)",
-                              "float_layers": {"Conv2d": convs} if convs else {}}))
+                             quantized(config={"quant": "torchao int8 dynamic (Linear only)"},
+                                       float_layers={"Conv2d": convs} if convs else {})))
     return arts, {"status": status}
 
 
@@ -155,6 +161,7 @@ def _measure(name: str, spec: dict, settings: dict, threads: int, out: Path, log
     from torchslim.data import load_dataset
     from torchslim.evaluation import (LatencyConfig, accuracy, count_macs, count_params, make_runner, measure_latencies,
                                       speed_notes)
+    from torchslim.records import jsonable
 
     data = load_dataset("mnist", val_size=1000, limit_train=settings["train"], limit_test=settings["test"])
     threads_before = torch.get_num_threads()
@@ -178,7 +185,7 @@ def _measure(name: str, spec: dict, settings: dict, threads: int, out: Path, log
         records.append({"name": art.name, "stage": art.stage, "runtime": art.runtime, "accuracy": acc,
                         "accuracy_loss_points": 100 * (base_acc - acc), "macs": macs,
                         "file_bytes": art.path.stat().st_size if art.runtime == "onnxruntime" else None,
-                        "latency_ms": lat, "info": art.info})
+                        "latency_ms": lat, "info": jsonable(art.info)})
     verdict = {}
     ours = next((r for r in records if r["name"] == "torchslim-int8"), None)
     for b in ("1", "64"):

@@ -10,7 +10,7 @@ Example:
     >>> export_qdq(qmodel, "model.int8.onnx", data.input_shape)                      # doctest: +SKIP
 """
 from torchslim.quant.config import DynamicInt8Config, QuantConfig, StaticInt8Config
-from torchslim.quant.export import export_qdq, export_qdq_verified, ort_kernels
+from torchslim.quant.export import QuantizationRecord, export_qdq, export_qdq_verified, ort_kernels
 from torchslim.quant.fakequant import FakeQuant, fake_quantize
 from torchslim.quant.spec import QuantSpec
 from torchslim.quant.observers import OBSERVERS, Observer, qparams_from_range
@@ -32,6 +32,6 @@ __all__ = [
     "quantize", "StaticInt8Config", "DynamicInt8Config", "quantize_static_int8", "quantize_dynamic_int8",
     "QuantSpec", "QuantConfig", "OBSERVERS", "Observer", "qparams_from_range", "FakeQuant", "fake_quantize",
     "QuantConv2d", "QuantLinear", "fold_batchnorm", "prepare", "calibrate", "ptq", "qat", "export_qdq",
-    "export_qdq_verified", "ort_kernels", "layer_sensitivity", "plot_sensitivity", "allocate_bits", "accuracy_aware",
+    "export_qdq_verified", "ort_kernels", "QuantizationRecord", "layer_sensitivity", "plot_sensitivity", "allocate_bits", "accuracy_aware",
     "config_for", "mixed_precision", "quantizable_layers", "sensitivity_order", "weight_bytes",
 ]
