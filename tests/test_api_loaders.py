@@ -3,6 +3,7 @@
 quantization and evaluation."""
 from __future__ import annotations
 
+import copy
 import types
 
 import numpy as np
@@ -422,3 +423,31 @@ def test_ptq_leaves_token_ids_off_the_grid():
     qmodel = ptq(model, QuantConfig(), DataLoader(TensorDataset(x, y), batch_size=32))
     assert "input" not in qmodel.activation_quantizers  # ids feed the embedding as integers
     assert (qmodel(x) - model(x)).abs().max() < 0.02
+
+
+def test_prune_with_a_data_criterion_takes_a_loader_of_dict_inputs():
+    """taylor needs gradients on training batches: from a user's DataLoader (dict inputs) it scores like from the
+    same rows as tensors."""
+    import torchslim as ts
+
+    torch.manual_seed(0)
+    ids = torch.randint(1, 50, (64, 6))
+    labels = (ids[:, 0] > 25).long()
+
+    class Bag(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc = nn.EmbeddingBag(50, 8), nn.Linear(8, 2)
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.fc(self.emb(input_ids))
+
+    model = Bag()
+    twin = copy.deepcopy(model)
+    loader = [({"input_ids": ids[i:i + 16]}, labels[i:i + 16]) for i in range(0, 64, 16)]
+    cfg = ts.PruneConfig(sparsity=0.5, criterion="taylor", criterion_batches=4)
+    masks = ts.prune_(model, cfg, data=loader)
+    assert abs(masks.overall() - 0.5) < 0.05
+    # The same rows as one tensor batch each: the same scores, so the same mask.
+    ts.prune_(twin, cfg, data=[(x["input_ids"], y) for x, y in loader])
+    assert torch.equal(model.fc.weight == 0, twin.fc.weight == 0)

@@ -81,16 +81,28 @@ def han(layers: Mapping[str, nn.Module], **_) -> Scores:
     return scores
 
 
-def _sample_rows(data, batches: int, batch_size: int, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                      list[torch.Tensor]]:
-    """(x, y, row batches): `batches` seeded random batches of the training split, the same rows for every
-    criterion that uses data."""
+def training_batches(data, batches: int, batch_size: int, seed: int, what: str) -> list[tuple]:
+    """`batches` (inputs, labels) batches for a criterion that needs data, the same for every such criterion: from a
+    DataBundle or TensorDataset, seeded random rows of the training split; from a DataLoader or any iterable of
+    (inputs, labels) batches, its first `batches` batches (inputs a tensor or a dict of tensors)."""
+    from torchslim.training.loop import iter_batches
+
     if data is None:
         raise TorchslimError(f"pruning criterion '{what}' needs the model and training data; "
                              f"data-free choices: han, magnitude, random")
-    x, y = data.train.tensors[:2]
-    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * batch_size]
-    return x, y, list(rows.split(batch_size))
+    rows = getattr(data, "train", data)
+    if hasattr(rows, "tensors"):
+        x, y = rows.tensors[:2]
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * batch_size]
+        return [(x[idx], y[idx]) for idx in order.split(batch_size)]
+    taken = []
+    for inputs, labels in iter_batches(data, batch_size):
+        if len(taken) == batches:
+            break
+        taken.append((inputs, labels))
+    if not taken:
+        raise TorchslimError(f"pruning criterion '{what}' got no batches from the data it was given")
+    return taken
 
 
 def _grad_times_weight(layers: Mapping[str, nn.Module], model: nn.Module | None, data, batches: int,
@@ -99,13 +111,15 @@ def _grad_times_weight(layers: Mapping[str, nn.Module], model: nn.Module | None,
     if model is None:
         raise TorchslimError(f"pruning criterion '{what}' needs the model and training data (gradients); "
                              f"data-free choices: han, magnitude, random")
-    x, y, batches_rows = _sample_rows(data, batches, batch_size, seed, what)
+    from torchslim.tasks import forward
+
+    sample = training_batches(data, batches, batch_size, seed, what)
     was_training = model.training
     model.eval()  # no dropout noise in the scores; batch-norm uses its running statistics
     scores = {name: torch.zeros_like(m.weight) for name, m in layers.items()}
-    for idx in batches_rows:
+    for inputs, labels in sample:
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        F.cross_entropy(forward(model, inputs), labels).backward()
         for name, m in layers.items():
             scores[name] += (m.weight.detach() * m.weight.grad).abs()
     model.zero_grad(set_to_none=True)
@@ -201,7 +215,7 @@ def _record_activations(layers: Mapping[str, nn.Module], model: nn.Module | None
     if model is None:
         raise TorchslimError(f"pruning criterion '{what}' needs the model and training data (activations); "
                              f"data-free choices: han, magnitude, random")
-    x, _, batches_rows = _sample_rows(data, batches, batch_size, seed, what)
+    sample = training_batches(data, batches, batch_size, seed, what)
     gm, sites = _relu_sites(model, layers, what)
     seen: dict[str, list] = {name: [] for name in layers}
 
@@ -216,8 +230,8 @@ def _record_activations(layers: Mapping[str, nn.Module], model: nn.Module | None
     was_training = model.training
     model.eval()  # no dropout noise; batch-norm with its running statistics, as the model runs when deployed
     try:
-        for idx in batches_rows:
-            _Recorder(gm).run(x[idx])
+        for inputs, _ in sample:
+            _Recorder(gm).run(inputs)
     finally:
         model.train(was_training)
     return seen

@@ -122,22 +122,25 @@ def _taylor(model: nn.Module, *, data=None, cfg: ChannelPruneConfig | None = Non
         raise TorchslimError("channel importance 'taylor' needs training data (gradients); data-free choices: "
                              "bn_scale, l1")
     batches = cfg.importance_batches if cfg is not None else 8
-    _accumulate_gradients(model, data.train, batches, batch_size=128, seed=seed)
+    _accumulate_gradients(model, data, batches, batch_size=128, seed=seed)
     return tp.importance.TaylorImportance()
 
 
-def _accumulate_gradients(model: nn.Module, train_set, batches: int, batch_size: int, seed: int) -> None:
-    """Leave ∂L/∂w summed over `batches` seeded training batches in every parameter's .grad (cross-entropy).
+def _accumulate_gradients(model: nn.Module, data, batches: int, batch_size: int, seed: int) -> None:
+    """Leave ∂L/∂w summed over `batches` training batches in every parameter's .grad (cross-entropy): seeded rows of
+    a DataBundle's training split, or the first batches of a loader.
 
     Torch-Pruning slices .grad together with the weights, so the gradients stay aligned while channels go.
     """
-    x, y = train_set.tensors[:2]
-    rows = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[: batches * batch_size]
+    from torchslim.prune.criteria import training_batches
+    from torchslim.tasks import forward
+
+    sample = training_batches(data, batches, batch_size, seed, "taylor")
     model.zero_grad(set_to_none=True)
     # eval: batch norm uses its running statistics, as the pruned model will at inference; no dropout noise.
     model.eval()
-    for idx in rows.split(batch_size):
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
+    for inputs, labels in sample:
+        F.cross_entropy(forward(model, inputs), labels).backward()
 
 
 # ---------------------------------------------------------------------------------------------------------- pruning
