@@ -53,6 +53,8 @@ def test_text_recipe_distills_exports_and_quantizes(tmp_path, capsys):
     assert list(arts) == ["teacher", "distill", "export", "quantize"]
     assert report["data"]["task"]["task"] == "text-classification"
     assert report["data"]["task"]["sequence_length"] == 16
+    assert report["data"]["task"]["classes"] == ["neg", "pos"]  # the label names of the user's file
+    assert "classes neg / pos" in (out / "report.md").read_text()
     assert arts["teacher"]["accuracy"] > 0.9  # the words decide the label: a working pipeline learns it
     assert arts["export"]["info"]["onnx_verification"]["max_abs_diff"] < 1e-4
     assert arts["quantize"]["info"]["quantization"]["vs_fp32"]["top1_agreement"] > 0.9

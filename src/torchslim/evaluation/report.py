@@ -208,6 +208,8 @@ def _task_text(task: dict | None) -> str:
             continue
         if isinstance(value, dict):  # the tokenizer: its kind and size, not every setting
             value = ", ".join(f"{k} {v}" for k, v in value.items() if isinstance(v, (str, int, float)))
+        elif key == "classes":  # the label names, as the data named them
+            value = " / ".join(map(str, value[:20])) + (f" / … ({len(value)} in all)" if len(value) > 20 else "")
         elif isinstance(value, (list, tuple)):
             value = "×".join(map(str, value))
         parts.append(f"{key.replace('_', ' ')} {value}")

@@ -94,5 +94,8 @@ class Task:
         return classification_metrics(logits, labels, self.num_classes)
 
     def describe(self) -> dict[str, Any]:
-        """What the report states about the inputs (shape, sequence length...)."""
-        return {"task": self.name, "num_classes": self.num_classes}
+        """What the report states about the inputs (shape, sequence length...) and the label names."""
+        out: dict[str, Any] = {"task": self.name, "num_classes": self.num_classes}
+        if self.classes:
+            out["classes"] = list(self.classes)
+        return out
