@@ -93,7 +93,7 @@ def main() -> int:
 
     from torchslim.data import load_dataset
     from torchslim.distillation import KDConfig, distill
-    from torchslim.distillation.datafree import (DAFLConfig, DataFreeConfig, DeepInversionConfig, FewDataVAEConfig,
+    from torchslim.distillation import (DAFLConfig, DataFreeConfig, DeepInversionConfig, FewDataVAEConfig,
                                                  distill_data_free, few_data_indices)
     from torchslim import load_checkpoint, save_checkpoint
     from torchslim.models import create_model
@@ -202,7 +202,7 @@ def time_dafl_iteration(teacher, gen_cfg, args, shape) -> dict:
     """Seconds of one DAFL iteration (generator step + student step) at the chosen and at the paper's setting."""
     import torch
 
-    from torchslim.distillation.datafree import DataFreeConfig, distill_data_free
+    from torchslim.distillation import DataFreeConfig, distill_data_free
     from torchslim.models import create_model
     from torchslim.training import TrainConfig
 
