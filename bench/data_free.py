@@ -92,9 +92,8 @@ def main() -> int:
     import torch
 
     from torchslim.data import load_dataset
-    from torchslim.distillation import KDConfig, distill
-    from torchslim.distillation import (DAFLConfig, DataFreeConfig, DeepInversionConfig, FewDataVAEConfig,
-                                                 distill_data_free, few_data_indices)
+    from torchslim.distillation import (DAFLConfig, DataFreeConfig, DeepInversionConfig, FewDataVAEConfig, KDConfig,
+                                        distill, distill_data_free, few_data_indices)
     from torchslim import load_checkpoint, save_checkpoint
     from torchslim.models import create_model
     from torchslim.training import TrainConfig, accuracy_of, fit
