@@ -37,7 +37,6 @@ class Stage(Config):
 
     every_rank: ClassVar[bool] = False
     stage_runtime: ClassVar[Runtime] = "pytorch"
-    help: ClassVar[str] = ""
 
     @property
     def label(self) -> str:
