@@ -4,7 +4,8 @@ A small depthwise-separable CNN with residual blocks (defined here, not in torch
 teacher → distilled student at half width → 70% of its weights pruned (fine-tuned with the zeros held) → static int8
 in ONNX Runtime, then one table from `evaluate` measuring all four the same way.
 
-    python examples/own_model.py --out runs/own-model                 # about 10 minutes on 2 cores
+    python examples/own_model.py --out runs/own-model                 # all 55,000 training rows, 6 epochs per step
+    python examples/own_model.py --epochs 4 --limit-train 20000       # ~10 minutes on 2 cores: bench/results/own-model.md
     python examples/own_model.py --epochs 1 --limit-train 2000        # a quick look
     torchslim run examples/own_model.yaml                              # the same chain as a recipe (factory:)
 """
