@@ -102,7 +102,8 @@ def test_bad_arguments_are_named(kwargs, message):
 
 
 def test_bad_ids_are_named():
-    with pytest.raises(TorchslimError, match=r"integer N×L tensor of token ids, got a tensor of dtype float32 and shape \(2, 3\)"):
+    with pytest.raises(TorchslimError,
+                       match=r"integer N×L tensor of token ids, got a tensor of dtype float32 and shape \(2, 3\)"):
         augment_token_ids(torch.zeros(2, 3), 1)
     with pytest.raises(TorchslimError, match=r"got a tensor of dtype int64 and shape \(3,\)"):
         augment_token_ids(torch.zeros(3, dtype=torch.long), 1)
