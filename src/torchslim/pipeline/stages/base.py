@@ -36,6 +36,7 @@ class Stage(Config):
     name: str | None = Field(None, description="unique name; also the artifact's name (default: the type)")
 
     every_rank: ClassVar[bool] = False
+    fresh_student: ClassVar[bool] = False  # the default of `makes_student`
     stage_runtime: ClassVar[Runtime] = "pytorch"
 
     @property
@@ -45,7 +46,7 @@ class Stage(Config):
 
     @property
     def makes_student(self) -> bool:
-        return False
+        return self.fresh_student
 
     @property
     def runtime(self) -> Runtime:

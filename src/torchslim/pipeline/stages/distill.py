@@ -97,10 +97,7 @@ class DataFreeStage(Stage, DataFreeConfig):
     type: Literal["datafree"]
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=200, batch_size=512, lr=2e-3))
     every_rank = True
-
-    @property
-    def makes_student(self) -> bool:
-        return True
+    fresh_student = True
 
     def run(self, state: RunState, seed: int) -> Artifact:
         torch.manual_seed(seed)

@@ -19,10 +19,7 @@ class TrainStage(Stage):
     type: Literal["train"]
     train: TrainConfig = Field(default_factory=TrainConfig)
     every_rank = True
-
-    @property
-    def makes_student(self) -> bool:
-        return True
+    fresh_student = True
 
     def run(self, state: RunState, seed: int) -> Artifact:
         torch.manual_seed(seed)
