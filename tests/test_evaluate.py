@@ -41,7 +41,7 @@ FAST = LatencyConfig(warmup=1, min_runs=3, max_runs=30, max_seconds=0.02, batch_
 RECORD_KEYS = {
     "name", "stage", "runtime", "path", "accuracy", "errors", "params", "nonzero_params", "macs", "file_bytes",
     "file_bytes_lzma", "latency_ms", "threads", "vs_teacher", "vs_student", "info",
-    "metrics", "primary_metric", "size_source",
+    "metrics", "primary_metric", "size_source", "source", "vs_source", "flags",
 }
 
 
@@ -329,7 +329,7 @@ def test_write_report_files(tmp_path):
     assert "| artifact | runtime | accuracy % |" in md
     assert "student\\|pruned" in md  # a pipe in a name does not break the table
     assert "| 96.50 |" in md and "| 0.250 | 4.000 |" in md
-    assert "8.00× / 7.50×" in md and "| 13.33× |" in md  # int8 vs teacher: 2/0.25, 30/4; 400000/30000
+    assert "8.00× / 7.50×" in md and "| 15.00× |" in md  # int8 vs teacher: 2/0.25, 30/4; lzma 300000/20000
     assert "| fc | 90.00 |" in md  # per-layer sparsity of the pruned student
     assert "top-1 agreement: 100.00 %" in md
     assert "200 timed calls per artifact and batch size, after 3 warm-up calls" in md and "in 4 rounds" in md
@@ -356,5 +356,5 @@ def test_print_table(tmp_path):
     console = Console(record=True, width=250)
     print_table(_report(tmp_path), console=console)
     text = console.export_text()
-    assert "student|pruned" in text and "8.00×" in text and "13.33×" in text
+    assert "student|pruned" in text and "8.00×" in text and "15.00×" in text  # lzma: 300000 / 20000
     assert "1 thread; times are medians" in text

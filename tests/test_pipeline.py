@@ -108,7 +108,7 @@ def _without_timings(node):
     """The report minus what a clock or the run folder decides: latency, speedups, seconds, dates and paths."""
     if isinstance(node, dict):
         return {k: _without_timings(v) for k, v in node.items()
-                if k not in {"latency_ms", "speedup", "seconds", "stage_seconds", "created", "path"}}
+                if k not in {"latency_ms", "speedup", "seconds", "stage_seconds", "created", "path", "flags"}}
     if isinstance(node, list):
         return [_without_timings(v) for v in node]
     return node

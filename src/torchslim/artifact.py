@@ -24,6 +24,10 @@ class Artifact:
     ``info`` is what the stage that made it reports: typed records (:mod:`torchslim.records`) under their kind —
     ``info["training"]``, ``info["pruning"]``, ``info["quantization"]``, ... (build it with
     :func:`torchslim.records.as_info`) — and free-form facts under other keys (``opset``, ``teachers``, ...).
+    ``source`` is the name of the artifact this one was made from — the float model that an export, a quantization,
+    a pruning or a fine-tuning started from — so that the report can compare it with its own source; None for a
+    model trained afresh or loaded (a teacher, a `train` student). Evaluation falls back to the artifact whose model
+    this one's model is (an ONNX file made from an in-memory model).
 
     Example:
         >>> from torchslim.records import TrainingRecord, as_info
@@ -38,6 +42,7 @@ class Artifact:
     path: Path | None
     model: nn.Module | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None
 
     @property
     def records(self) -> list[Record]:

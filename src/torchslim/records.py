@@ -218,10 +218,11 @@ def percent(x: Any, digits: int = 2) -> str:
     return f"{100 * x:.{digits}f} %" if number(x) else DASH
 
 
-def json_text(value: Any, limit: int = 300) -> str:
-    """A value as one line of JSON (strings as they are), cut at `limit` characters."""
+def json_text(value: Any, limit: int | None = None) -> str:
+    """A value as one line of JSON (strings as they are), whole, or cut at `limit` characters when given. The report
+    shows a record row holding a JSON object (a config) as a table of its fields, so rows keep it whole."""
     text = value if isinstance(value, str) else json.dumps(jsonable(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def png(fig: Any) -> bytes:

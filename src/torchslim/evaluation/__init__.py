@@ -35,13 +35,16 @@ from torchslim.evaluation.measure import (
     measure_latencies,
     memory_sizes,
 )
-from torchslim.evaluation.report import print_table, render_html, render_markdown, speed_notes, write_report
+from torchslim.evaluation.report import (_is_quantized, print_table, render_html, render_markdown, speed_notes,
+                                         write_report)
 from torchslim.tasks import ImageClassification, Task
 
 __all__ = [
     "Evaluation",
     "LatencyConfig",
     "accuracy",
+    "add_baselines",
+    "add_sources",
     "build_report",
     "compare",
     "count_macs",
@@ -123,11 +126,12 @@ def evaluate(
         raise TorchslimError(f"artifact names must be unique; repeated: {', '.join(duplicates)}")
     task, test = _task_and_test(data, test)
 
+    sources = _source_names(artifacts)
     threads_before = torch.get_num_threads()  # set_num_threads is process-wide: restore it afterwards
     try:
         runners = [make_runner(a, cfg.threads) for a in artifacts]
         records = []
-        for artifact, run in zip(artifacts, runners):
+        for artifact, run, source in zip(artifacts, runners, sources):
             logits, labels = logits_and_labels(run, test)
             if not task.num_classes:  # a task made here from a bare `input_shape`: the classes are the logits'
                 task.num_classes = int(logits.shape[1])
@@ -164,6 +168,9 @@ def evaluate(
                     "threads": cfg.threads,
                     "vs_teacher": None,
                     "vs_student": None,
+                    "source": source,
+                    "vs_source": None,
+                    "flags": [],
                     "info": dict(artifact.info),
                 }
             )
@@ -171,7 +178,18 @@ def evaluate(
             record["latency_ms"] = lat
     finally:
         torch.set_num_threads(threads_before)
-    return Evaluation(add_baselines(records, teacher=teacher, student=student), task)
+    return Evaluation(add_sources(add_baselines(records, teacher=teacher, student=student)), task)
+
+
+def _source_names(artifacts: list[Artifact]) -> list[str | None]:
+    """Each artifact's source: the one it names (``Artifact.source``), else the other PyTorch artifact whose module
+    its own module is (an ONNX file or int8 artifact made from a model given beside it), else None."""
+    out = []
+    for art in artifacts:
+        same = [a.name for a in artifacts if a is not art and a.runtime == "pytorch" and art.model is not None
+                and a.model is art.model and art.runtime != "pytorch"]
+        out.append(art.source or (same[0] if same else None))
+    return out
 
 
 def _as_artifacts(items: Any) -> list[Artifact]:
@@ -236,7 +254,9 @@ def _macs(model: nn.Module, task: Task) -> int:
 
 
 def format_table(records: Sequence[dict]) -> str:
-    """Records as a plain-text table (see :meth:`Evaluation.table`); speedups are over the first record.
+    """Records as a plain-text table (see :meth:`Evaluation.table`): the headline size is the lzma size (pruned
+    zeros count; raw bytes beside it), speedups are over the first record and, when a record names its source (the
+    model it was made from), over that source too; flags follow the table.
 
     Example:
         >>> print(format_table(evaluate({"a": model}, task, loader)))   # doctest: +SKIP
@@ -245,9 +265,12 @@ def format_table(records: Sequence[dict]) -> str:
         return "(no artifacts)"
     batches = list((records[0].get("latency_ms") or {}).keys())
     first = records[0]
+    sources = any(r.get("vs_source") for r in records)
     header = ["name", "runtime", records[0].get("primary_metric") or "accuracy", "params / nonzero", "MACs",
-              "file bytes"]
+              "size (lzma)", "file bytes"]
     header += [f"p50 ms @{b}" for b in batches] + [f"speedup @{b}" for b in batches]
+    if sources:
+        header += ["made from"] + [f"vs source @{b}" for b in batches]
     rows = []
     for r in records:
         metric = r.get("primary_metric") or "accuracy"
@@ -257,23 +280,30 @@ def format_table(records: Sequence[dict]) -> str:
             str(r["name"]), str(r.get("runtime", "-")), _fmt_metric(metric, value),
             "-" if r.get("params") is None else f"{r['params']:,} / {r['nonzero_params']:,}",
             "-" if r.get("macs") is None else f"{r['macs']:,}",
+            "-" if r.get("file_bytes_lzma") is None else f"{r['file_bytes_lzma']:,}",
             f"- ({r['file_bytes']:,} in memory)" if r.get("size_source") == IN_MEMORY else f"{r['file_bytes']:,}",
         ]
         row += [f"{lat[b]['p50']:.3f}" if b in lat else "-" for b in batches]
         base = first.get("latency_ms") or {}
         row += [f"{base[b]['p50'] / lat[b]['p50']:.2f}x" if b in lat and b in base and lat[b]["p50"] else "-"
                 for b in batches]
+        if sources:
+            speedup = (r.get("vs_source") or {}).get("speedup") or {}
+            row += [str(r.get("source") or "-")]
+            row += [f"{speedup[b]:.2f}x" if speedup.get(b) is not None else "-" for b in batches]
         rows.append(row)
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    left = {0, 1}  # names and runtimes read left-aligned; numbers right-aligned
+    left = {0, 1, header.index("made from")} if sources else {0, 1}  # names read left-aligned; numbers right
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
 
     threads = records[0].get("threads")
     note = f"latency: median of timed calls per batch, {threads} thread{'s' if threads != 1 else ''}; " \
-           f"speedup over {first['name']}"
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows), note])
+           f"speedup over {first['name']}" + (" and over each artifact's source" if sources else "") + \
+           "; size: the file (or in-memory safetensors) compressed with lzma, so pruned zeros count"
+    flags = [f"flag: {r['name']} is {flag}" for r in records for flag in r.get("flags") or []]
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows), note, *flags])
 
 
 def _fmt_metric(name: str, value: float | None) -> str:
@@ -296,6 +326,55 @@ def add_baselines(records: list[dict], *, teacher: str | None = "teacher", stude
         for record in records:
             record[key] = compare(record, baseline) if baseline is not None else None
     return records
+
+
+# Below these margins a difference to the source is measurement noise, not a finding: interleaved timings of two
+# equally fast models differ by a few percent; lzma sizes of equally sized models by a fraction of a percent.
+SLOWER_MARGIN = 1.05
+LARGER_MARGIN = 1.01
+
+
+def add_sources(records: list[dict]) -> list[dict]:
+    """Fill ``vs_source`` (:func:`compare` with the record its ``source`` names) and ``flags`` of every record (in
+    place, and returned). A flag is one sentence for each way an artifact is worse than its own source: slower at a
+    batch size by more than ``SLOWER_MARGIN``, or — unless it only changed format (an fp32 ONNX export) — larger in
+    its headline size (``file_bytes_lzma``) by more than ``LARGER_MARGIN``. A quantized ONNX artifact is also held
+    against the fp32 ONNX artifact of the same source, when there is one.
+
+    Example:
+        >>> a = {"name": "fp32", "latency_ms": {"1": {"p50": 1.0}}, "file_bytes": 400, "file_bytes_lzma": 300,
+        ...      "accuracy": 0.9}
+        >>> b = {"name": "int8", "source": "fp32", "latency_ms": {"1": {"p50": 2.0}}, "file_bytes": 100,
+        ...      "file_bytes_lzma": 90, "accuracy": 0.9}
+        >>> add_sources([a, b])[1]["flags"]
+        ['slower than fp32 at batch 1 (0.50× its speed)']
+    """
+    by_name = {r["name"]: r for r in records}
+    for record in records:
+        base = by_name.get(record.get("source")) if record.get("source") is not None else None
+        record["vs_source"] = compare(record, base) if base is not None and base is not record else None
+        record["flags"] = []
+        if record["vs_source"] is None:
+            continue
+        conversion = record.get("stage") == "export" and (record.get("info") or {}).get("format") != "compressed"
+        record["flags"] = _flags(record["vs_source"], base["name"], size=not conversion)
+        # A quantized ONNX file is also held against the fp32 ONNX file of the same source: the same runtime, so
+        # int8 that ONNX Runtime runs slower than float shows even when both beat the PyTorch source.
+        if _is_quantized(record) and record.get("runtime") == "onnxruntime":
+            for twin in records:
+                if twin is not record and twin.get("source") == base["name"] and twin.get("runtime") == "onnxruntime" \
+                        and not _is_quantized(twin):
+                    record["flags"] += _flags(compare(record, twin), twin["name"], size=True)
+    return records
+
+
+def _flags(vs: dict, baseline: str, size: bool) -> list[str]:
+    flags = [f"slower than {baseline} at batch {b} ({x:.2f}× its speed)" for b, x in vs["speedup"].items()
+             if x is not None and x * SLOWER_MARGIN < 1]
+    lzma_ratio = vs["compression_lzma"]
+    if size and lzma_ratio is not None and lzma_ratio * LARGER_MARGIN < 1:
+        flags.append(f"larger than {baseline} ({1 / lzma_ratio:.2f}× its lzma size)")
+    return flags
 
 
 def compare(record: dict, baseline: dict) -> dict:

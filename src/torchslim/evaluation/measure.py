@@ -219,7 +219,9 @@ def example_batch(inputs: Sequence[int] | Task, batch_size: int, seed: int = 0) 
 
 def memory_sizes(model: nn.Module) -> tuple[int, int]:
     """(bytes, lzma bytes) of ``model``'s state dict serialized as safetensors in memory: the file
-    :func:`torchslim.save_checkpoint` would write, for a model that has no file yet.
+    :func:`torchslim.save_checkpoint` would write, for a model that has no file yet. A layer pruned with
+    ``torch.nn.utils.prune`` counts as it would ship, its masked weight alone (not the dense ``weight_orig`` plus
+    ``weight_mask``), so its zeros show in the lzma size.
 
     Example:
         >>> memory_sizes(nn.Linear(4, 3))[0] > 15 * 4
@@ -228,9 +230,23 @@ def memory_sizes(model: nn.Module) -> tuple[int, int]:
     from safetensors.torch import save
 
     # Cloned (safetensors refuses tensors that share memory) and with save_checkpoint's metadata: the same bytes.
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().contiguous().clone() for k, v in _shipped_state(model).items()}
     data = save(state, metadata={"format": "pt"})
     return len(data), len(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME))
+
+
+def _shipped_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict with every ``torch.nn.utils.prune`` reparametrization (``<name>_orig`` and ``<name>_mask``)
+    replaced by the masked tensor the layer uses, under ``<name>``."""
+    state = dict(model.state_dict())
+    for prefix, module in model.named_modules():
+        for hook in module._forward_pre_hooks.values():
+            name = getattr(hook, "_tensor_name", None)  # a torch.nn.utils.prune method
+            key = f"{prefix}.{name}" if prefix else name
+            if name is not None and f"{key}_orig" in state and f"{key}_mask" in state:
+                del state[f"{key}_orig"], state[f"{key}_mask"]
+                state[key] = getattr(module, name)
+    return state
 
 
 def file_sizes(path: str | os.PathLike) -> tuple[int, int]:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -100,12 +102,35 @@ def _p50(record: dict, batch: str) -> float | None:
     return ((record.get("latency_ms") or {}).get(batch) or {}).get("p50")
 
 
-def _speedup(record: dict, batch: str) -> float | None:
-    return ((record.get("vs_teacher") or {}).get("speedup") or {}).get(batch)
+def _speedup(record: dict, batch: str, vs: str = "vs_teacher") -> float | None:
+    return ((record.get(vs) or {}).get("speedup") or {}).get(batch)
 
 
-def _compression(record: dict) -> float | None:
-    return (record.get("vs_teacher") or {}).get("compression")
+def _compression(record: dict, vs: str = "vs_teacher") -> float | None:
+    """The headline compression: of the lzma sizes, so that a pruned model's zeros count (raw bytes are dense)."""
+    return (record.get(vs) or {}).get("compression_lzma")
+
+
+def _flags_text(record: dict) -> str:
+    return "; ".join(record.get("flags") or []) or _DASH
+
+
+def _ratio_columns(records: list[dict], batches: list[str]) -> list[tuple[str, Callable[[dict], str]]]:
+    """Speedup and compression against the teacher, the student and each artifact's own source (each pair when
+    any artifact has that baseline), then what the artifact was made from and its flags."""
+    columns: list[tuple[str, Callable[[dict], str]]] = []
+    at = " / ".join(f"@{b}" for b in batches)
+    for vs, label in (("vs_teacher", "teacher"), ("vs_student", "student"), ("vs_source", "source")):
+        if vs == "vs_source" and any(r.get("source") for r in records):
+            columns.append(("made from", lambda r: str(r.get("source") or _DASH)))
+        if vs == "vs_teacher" or any(r.get(vs) for r in records):
+            columns += [
+                (f"speedup vs {label} {at}", lambda r, vs=vs: " / ".join(_fmt_ratio(_speedup(r, b, vs)) for b in batches)),
+                (f"compression vs {label}", lambda r, vs=vs: _fmt_ratio(_compression(r, vs))),
+            ]
+    if any(r.get("flags") for r in records):
+        columns.append(("flags", _flags_text))
+    return columns
 
 
 def _table(report: dict) -> tuple[list[str], list[list[str]]]:
@@ -119,17 +144,11 @@ def _table(report: dict) -> tuple[list[str], list[list[str]]]:
         ("params", lambda r: _fmt_count(r.get("params"))),
         ("nonzero", lambda r: _fmt_count(r.get("nonzero_params"))),
         ("MACs", lambda r: _fmt_si(r.get("macs"))),
+        ("size KB (lzma)", lambda r: _fmt_kb(r.get("file_bytes_lzma"))),
         ("file KB", lambda r: _fmt_kb(r.get("file_bytes"))),
-        ("lzma KB", lambda r: _fmt_kb(r.get("file_bytes_lzma"))),
     ]
     columns += [(f"p50 ms @{b}", lambda r, b=b: _fmt_ms(_p50(r, b))) for b in batches]
-    columns += [
-        (
-            "speedup vs teacher " + " / ".join(f"@{b}" for b in batches),
-            lambda r: " / ".join(_fmt_ratio(_speedup(r, b)) for b in batches),
-        ),
-        ("compression vs teacher", lambda r: _fmt_ratio(_compression(r))),
-    ]
+    columns += _ratio_columns(records, batches)
     # Columns the records add (a distill stage's teacher agreement), for every artifact, when any artifact has one.
     extra = {id(r): {k: v for rec in _records(r)[0] for k, v in rec.columns().items()} for r in records}
     for header in dict.fromkeys(h for cells in extra.values() for h in cells):
@@ -163,7 +182,9 @@ def _notes(report: dict) -> list[tuple[str, str]]:
             f"wall time of one call on a fixed random batch{seed}; median (p50) and p90 of {runs_text} timed calls "
             f"per artifact and batch size, after {warmup}. All artifacts were measured in the same process, "
             f"interleaved{rounds}, so that machine noise affects all of them alike. "
-            "Speedup = teacher p50 / artifact p50.",
+            "Speedup = baseline p50 / artifact p50, against the teacher, the first student and the artifact's own "
+            "source (the model it was made from: an int8 or ONNX file's float PyTorch model, a pruned model's dense "
+            "one).",
         ),
         (
             "Accuracy",
@@ -172,8 +193,10 @@ def _notes(report: dict) -> list[tuple[str, str]]:
         ),
         (
             "Size",
-            "file KB is the size of the file that ships (1 KB = 1000 bytes); lzma KB is the same file compressed "
-            "with xz preset 9e, what a download costs. Compression = teacher file bytes / artifact file bytes.",
+            "size KB is the headline: the file that ships compressed with xz preset 9e (what a download costs), so "
+            "that pruned zeros and narrow weights count; file KB is the raw file (1 KB = 1000 bytes). A model with no "
+            "file is measured as its safetensors serialization in memory, its pruned layers as they would ship. "
+            "Compression = baseline size / artifact size, both lzma.",
         ),
         (
             "Params and MACs",
@@ -193,7 +216,9 @@ def _notes(report: dict) -> list[tuple[str, str]]:
             f"torch {machine.get('torch', _DASH)}, onnxruntime {machine.get('onnxruntime', _DASH)}; "
             f"torchslim {report.get('torchslim_version', _DASH)}, created {report.get('created', _DASH)}.",
         ),
-    ] + [("Speed", note) for note in speed_notes(report)]
+    ] + [("Flag", f"{r['name']} is {flag} (flagged beyond the noise of timing and lzma: 5 % slower or "
+                  f"1 % larger).") for r in records for flag in r.get("flags") or []] \
+      + [("Speed", note) for note in speed_notes(report)]
 
 
 def _task_text(task: dict | None) -> str:
@@ -304,15 +329,59 @@ def _png_name(artifact: str, slug: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(artifact)).strip("-.") + f"-{slug}.png"
 
 
+def _flat(value: Any, prefix: str = "") -> list[list[str]]:
+    """``[key, text]`` rows of a nested mapping, nested keys joined by dots (``train.epochs``); a list of numbers or
+    strings as one comma-separated cell."""
+    if isinstance(value, dict) and value:
+        return [row for k, v in value.items() for row in _flat(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, list) and all(isinstance(v, (str, int, float, bool)) or v is None for v in value):
+        return [[prefix, ", ".join(map(str, value)) or "(none)"]]
+    return [[prefix, _cell(value)]]
+
+
+def _readable(key: str, value: Any) -> list[_Block]:
+    """A free-form fact (or a record's row holding a JSON object, such as a config) as a section shows it: a
+    ``key: value`` row for a plain value, a table of its fields for a mapping, a table with one row per entry for a
+    list of mappings (an epoch history) — never a cut line of JSON."""
+    if isinstance(value, str) and value.startswith(("{", "[")):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return [("items", [(key, value)])]
+    if isinstance(value, dict) and value:
+        return [("table", [key, "value"], _flat(value))]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        fields = list(dict.fromkeys(k for v in value for k in v))
+        return [("table", fields, [[_cell(v.get(f)) for f in fields] for v in value])]
+    return [("items", [(key, value if isinstance(value, str) else json_text(value, limit=300))])]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return _DASH
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json_text(value, limit=300)
+
+
 def _sections(report: dict) -> list[tuple[str, list[_Block]]]:
     sections = []
     for r in report["artifacts"]:
         records, facts = _records(r)
         name = str(r["name"])
         items = [("stage", str(r.get("stage"))), ("runtime", str(r.get("runtime"))), ("file", str(r.get("path")))]
-        items += [row for rec in records for row in rec.summary()]
-        items += [(str(key), json_text(value)) for key, value in facts.items()]
-        blocks: list[_Block] = [("items", items)]
+        if r.get("source"):
+            items.append(("made from", str(r["source"])))
+        tables: list[_Block] = []
+        rows = [row for rec in records for row in rec.summary()] + list(facts.items())
+        for key, value in rows:
+            for block in _readable(str(key), value):
+                if block[0] == "items":
+                    items += block[1]
+                else:
+                    tables.append(block)
+        items += [("flag", flag) for flag in r.get("flags") or []]
+        blocks: list[_Block] = [("items", items), *tables]
         for rec in records:
             blocks += [("table", headers, rows) for headers, rows in rec.tables()]
             blocks += [("figure", fig.title, _png_name(name, fig.slug), fig.render) for fig in rec.figures(name)]
@@ -328,8 +397,15 @@ def _md_cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+_TEXT_COLUMNS = ("made from", "flags")  # text columns of the main table, left-aligned among the numbers
+
+
+def _numeric(headers: list[str], right_from: int) -> list[bool]:
+    return [i >= right_from and h not in _TEXT_COLUMNS for i, h in enumerate(headers)]
+
+
 def _md_table(headers: list[str], rows: list[list[str]], right_from: int = 0) -> list[str]:
-    align = ["---:" if i >= right_from else "---" for i in range(len(headers))]
+    align = ["---:" if num else "---" for num in _numeric(headers, right_from)]
     lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return lines
@@ -363,12 +439,16 @@ def render_markdown(report: dict) -> str:
 # HTML
 
 _CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1800px;
        padding: 0 1em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
 th { background: #f2f2f2; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.flags { min-width: 16em; color: #a33; }
+.wide { overflow-x: auto; }
+.wide table { font-size: 0.82em; }
+.wide th, .wide td { padding: 0.3em 0.45em; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 .plots img { max-width: 100%; border: 1px solid #ddd; }
 li { margin: 0.3em 0; }
@@ -379,7 +459,8 @@ code { background: #f6f6f6; padding: 0 0.2em; }
 def _html_table(headers: list[str], rows: list[list[str]], right_from: int = 0) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    cell = ['<td class="num">' if i >= right_from else "<td>" for i in range(len(headers))]
+    cell = ['<td class="num">' if num else f'<td class="{h}">' if h in _TEXT_COLUMNS else "<td>"
+            for h, num in zip(headers, _numeric(headers, right_from))]
     body = "".join(
         "<tr>" + "".join(f"{cell[i]}{esc(c)}</td>" for i, c in enumerate(row)) + "</tr>" for row in rows
     )
@@ -401,7 +482,7 @@ def render_html(report: dict, figures: dict[str, bytes] | None = None) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(title)}</h1>",
-        _html_table(headers, rows, right_from=2),
+        f'<div class="wide">{_html_table(headers, rows, right_from=2)}</div>',
         '<div class="plots">',
     ]
     for alt, png in _plots(report):
@@ -424,59 +505,121 @@ def render_html(report: dict, figures: dict[str, bytes] | None = None) -> str:
 
 
 def _plots(report: dict) -> list[tuple[str, bytes]]:
-    """Two PNGs: accuracy vs lzma size, and accuracy vs p50 latency at the smallest batch size."""
+    """Two PNGs: accuracy vs lzma size, and accuracy vs p50 latency with one panel per measured batch size."""
     records = report["artifacts"]
     batches = _batch_keys(records)
     size = [(r, r.get("file_bytes_lzma") / 1000 if r.get("file_bytes_lzma") else None) for r in records]
-    plots = [("accuracy vs lzma size", _scatter(size, "lzma size (KB, log scale)", "Accuracy vs download size"))]
+    plots = [("accuracy vs lzma size",
+              _png(_scatter_figure([(size, "size, lzma (KB, log scale)", "")], "Accuracy vs download size")))]
     if batches:
-        b = batches[0]
-        lat = [(r, _p50(r, b)) for r in records]
-        plots.append(
-            (
-                f"accuracy vs latency at batch {b}",
-                _scatter(lat, f"p50 latency at batch {b} (ms, log scale)", f"Accuracy vs latency (batch {b})"),
-            )
-        )
+        panels = [([(r, _p50(r, b)) for r in records], "p50 latency (ms, log scale)", f"batch {b}") for b in batches]
+        plots.append((f"accuracy vs latency at batch {', '.join(batches)}",
+                      _png(_scatter_figure(panels, "Accuracy vs latency"))))
     return plots
 
 
-def _scatter(points: list[tuple[dict, float | None]], xlabel: str, title: str) -> bytes:
-    # A bare Figure renders with the Agg canvas and leaves pyplot's global state (and backend) untouched.
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    fig = Figure(figsize=(6, 4.2), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    by_runtime: dict[str, list[tuple[str, float, float]]] = {}
-    for r, x in points:
-        if x is not None and x > 0:
-            by_runtime.setdefault(str(r["runtime"]), []).append((str(r["name"]), x, 100 * r["accuracy"]))
-    k = 0
-    for runtime, pts in by_runtime.items():
-        ax.scatter([p[1] for p in pts], [p[2] for p in pts], marker=_MARKERS.get(runtime, "^"), s=50, label=runtime)
-        for name, x, y in pts:
-            # Cycle the label offset: an exported model sits on top of its PyTorch original in the size plot.
-            ax.annotate(name, (x, y), xytext=(6, (4, -11, 15)[k % 3]), textcoords="offset points", fontsize=8)
-            k += 1
-    ax.set_xscale("log")
-    ax.margins(x=0.12, y=0.12)
-    xs = [p[1] for pts in by_runtime.values() for p in pts]
-    if xs:
-        # Plain numbers ("200", "0.05") instead of 2×10^2; within two decades, label 1-2-3-5 steps.
-        subs = (1.0,) if max(xs) / min(xs) > 100 else (1.0, 2.0, 3.0, 5.0)
-        ax.xaxis.set_major_locator(LogLocator(subs=subs))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    if by_runtime:
-        ax.legend(title="runtime", fontsize=8)
+def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+_NEAR = 0.05  # points closer than this (in fractions of the axes, both ways) are drawn as one group with one label
+
+
+def _groups(points: list[tuple[str, str, float, float]]) -> list[list[tuple[str, str, float, float]]]:
+    """Points (name, runtime, x, y) that would sit on one another, grouped: by log x and y, in fractions of the
+    panel's ranges (an fp32 ONNX export and its PyTorch original often share size and accuracy)."""
+    if not points:
+        return []
+    lx = [math.log10(p[2]) for p in points]
+    ys = [p[3] for p in points]
+    wx, wy = (max(lx) - min(lx)) or 1.0, (max(ys) - min(ys)) or 1.0
+    groups: list[list[int]] = []
+    for i in range(len(points)):
+        for g in groups:
+            if any(abs(lx[i] - lx[j]) / wx < _NEAR and abs(ys[i] - ys[j]) / wy < _NEAR for j in g):
+                g.append(i)
+                break
+        else:
+            groups.append([i])
+    return [[points[i] for i in g] for g in groups]
+
+
+def _scatter_figure(panels: list[tuple[list[tuple[dict, float | None]], str, str]], title: str) -> Any:
+    """A matplotlib Figure: one panel per ``(points, x label, panel title)``, accuracy (%) up, log x, a marker
+    shape per runtime. Points that coincide are spread a little sideways and share one label naming them all; the
+    x ticks are thinned until no two tick labels overlap."""
+    # A bare Figure renders with the Agg canvas and leaves pyplot's global state (and backend) untouched.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 4.8 * len(panels)), 4.4), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    runtimes: dict[str, Any] = {}
+    for ax, (points, xlabel, subtitle) in zip(axes, panels):
+        pts = [(str(r["name"]), str(r["runtime"]), x, 100 * r["accuracy"]) for r, x in points if x is not None and x > 0]
+        for k, group in enumerate(_groups(pts)):
+            span = math.log10(max(p[2] for p in pts) / min(p[2] for p in pts)) or 1.0
+            for i, (name, runtime, x, y) in enumerate(group):
+                # Sideways by 1.5 % of the panel per extra point: the markers stay visible, the values barely move.
+                shift = 10 ** ((i - (len(group) - 1) / 2) * 0.015 * span)
+                color = f"C{list(runtimes).index(runtime) if runtime in runtimes else len(runtimes)}"
+                runtimes[runtime] = ax.scatter([x * shift], [y], marker=_MARKERS.get(runtime, "^"), s=55,
+                                               facecolors="none", edgecolors=color, linewidths=1.6, label=runtime)
+            x = math.exp(sum(math.log(p[2]) for p in group) / len(group))
+            y = sum(p[3] for p in group) / len(group)
+            label = "\n".join(p[0] for p in group)
+            # Cycle the label offset so that labels of neighbouring groups do not sit on one another.
+            ax.annotate(label, (x, y), xytext=(8, (4, -12, 14)[k % 3]), textcoords="offset points", fontsize=8,
+                        va="center")
+        ax.set_xscale("log")
+        ax.margins(x=0.18, y=0.15)
+        ax.set_xlabel(xlabel)
+        if subtitle:
+            ax.set_title(subtitle, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("accuracy (%)")
+    fig.suptitle(title)
+    if runtimes:
+        axes[-1].legend(list(runtimes.values()), list(runtimes), title="runtime", fontsize=8, loc="best")
+    for ax in axes:
+        _fit_ticks(fig, ax)
+    return fig
+
+
+def _fit_ticks(fig: Any, ax: Any) -> None:
+    """Plain x tick numbers ("200", "0.05"), as many as fit: 1-2-3-5 steps, then 1-2-5, then decades, then every
+    other decade, whichever first leaves no two tick labels overlapping."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    for subs, numticks in (((1.0, 2.0, 3.0, 5.0), 12), ((1.0, 2.0, 5.0), 10), ((1.0,), 8), ((1.0,), 4)):
+        ax.xaxis.set_major_locator(LogLocator(subs=subs, numticks=numticks))
+        if not overlapping_labels(fig, ax):
+            return
+
+
+def overlapping_labels(fig: Any, ax: Any = None) -> list[tuple[str, str]]:
+    """Pairs of x tick labels of `ax` (every axes of `fig` when None) whose drawn boxes overlap, plus the axis labels
+    that overlap a tick label; empty when the figure reads cleanly."""
+    renderer = fig.canvas.get_renderer()
+    fig.draw(renderer)  # lays out the ticks the locator picks for the final limits
+    pairs = []
+    for a in [ax] if ax is not None else fig.axes:
+        lo, hi = a.get_xlim()
+        ticks = [t for t in a.xaxis.get_major_ticks() if t.label1.get_visible() and t.label1.get_text()
+                 and lo <= t.get_loc() <= hi]
+        boxes = [(t.label1.get_text(), t.label1.get_window_extent(renderer)) for t in ticks]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                if boxes[i][1].overlaps(boxes[j][1]):
+                    pairs.append((boxes[i][0], boxes[j][0]))
+        label = a.xaxis.label.get_window_extent(renderer)
+        pairs += [(text, a.xaxis.label.get_text()) for text, box in boxes if box.overlaps(label)]
+    return pairs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -498,30 +641,24 @@ def print_table(report: dict, console: Any = None) -> None:
     console = console or Console()
     records = report["artifacts"]
     batches = _batch_keys(records)
-    first = batches[0] if batches else None
     table = Table(title="torchslim report", box=box.SIMPLE_HEAD)
     table.add_column("artifact")
     table.add_column("runtime")
-    for header in ["acc %", "errors", "nonzero", "MACs", "lzma KB"] + [f"p50 ms @{b}" for b in batches]:
-        table.add_column(header, justify="right")
-    if first is not None:
-        table.add_column(f"speedup @{first}", justify="right")
-    table.add_column("compression", justify="right")
+    columns: list[tuple[str, Callable[[dict], str]]] = [
+        ("acc %", lambda r: f"{100 * r['accuracy']:.2f}"),
+        ("errors", lambda r: str(r["errors"])),
+        ("nonzero", lambda r: _fmt_count(r.get("nonzero_params"))),
+        ("MACs", lambda r: _fmt_si(r.get("macs"))),
+        ("size KB (lzma)", lambda r: _fmt_kb(r.get("file_bytes_lzma"))),
+        ("file KB", lambda r: _fmt_kb(r.get("file_bytes"))),
+    ]
+    columns += [(f"p50 ms @{b}", lambda r, b=b: _fmt_ms(_p50(r, b))) for b in batches]
+    columns += [c for c in _ratio_columns(records, batches) if c[0] != "flags"]  # flags: whole lines below
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header == "made from" else "right")
     for r in records:
-        row = [
-            escape(str(r["name"])),  # a name like "student[int8]" would otherwise be read as rich markup
-            str(r["runtime"]),
-            f"{100 * r['accuracy']:.2f}",
-            str(r["errors"]),
-            _fmt_count(r.get("nonzero_params")),
-            _fmt_si(r.get("macs")),
-            _fmt_kb(r.get("file_bytes_lzma")),
-        ]
-        row += [_fmt_ms(_p50(r, b)) for b in batches]
-        if first is not None:
-            row.append(_fmt_ratio(_speedup(r, first)))
-        row.append(_fmt_ratio(_compression(r)))
-        table.add_row(*row)
+        # escape: a name like "student[int8]" would otherwise be read as rich markup
+        table.add_row(escape(str(r["name"])), str(r["runtime"]), *(escape(f(r)) for _, f in columns))
     # Logs and pipes get rich's default 80 columns, which would cut the numbers to "1.2…"; print them whole there.
     width = console.width
     if not console.is_terminal:
@@ -533,5 +670,9 @@ def print_table(report: dict, console: Any = None) -> None:
     threads = report.get("threads")
     console.print(
         f"{threads} thread{'s' if threads != 1 else ''}; times are medians (p50) measured in one run, all artifacts "
-        "in the same process, interleaved; speedup and compression are relative to the teacher."
+        "in the same process, interleaved; speedup and compression (of the lzma sizes) are relative to the teacher, "
+        "the first student and each artifact's own source (the model it was made from)."
     )
+    for r in records:
+        for flag in r.get("flags") or []:
+            console.print(f"[bold yellow]flag[/]: {escape(str(r['name']))} is {escape(flag)}")

@@ -66,20 +66,32 @@ class Stage(Config):
         """The model this stage trains: a fresh student, or a copy of the current model (never changed in place)."""
         return state.create(state.recipe.student) if self.makes_student else copy.deepcopy(state.model)
 
+    def source(self, state: RunState) -> str | None:
+        """The artifact this stage's artifact is made from (``Artifact.source``): None for a fresh student, else the
+        artifact of the current model."""
+        return None if self.makes_student else current_artifact(state)
+
     def pytorch_artifact(self, state: RunState, model: nn.Module, *records: Record | None, **facts: Any) -> Artifact:
         """Save `model` as this stage's artifact, reporting `records` (None skipped) and free-form `facts`."""
         meta = {"stage": self.type, "model": state.recipe.student.model if self.makes_student else None}
         path = state.save(model, self.label, meta)
-        return Artifact(self.label, self.type, "pytorch", path, model.eval(), as_info(*records, **facts))
+        return Artifact(self.label, self.type, "pytorch", path, model.eval(), as_info(*records, **facts),
+                        self.source(state))
 
     def reload(self, state: RunState, path: Path, info: dict) -> Artifact:
         """A finished stage's artifact, rebuilt from its file instead of being recomputed (`--resume`); `info` is
         the one it reported, its records read back from progress.json."""
         if self.runtime == "onnxruntime":
-            return Artifact(self.label, self.type, "onnxruntime", path, state.model, info)
+            return Artifact(self.label, self.type, "onnxruntime", path, state.model, info, self.source(state))
         model = self.start_model(state)
         if not self.makes_student:  # structured pruning changed widths: give the layers the saved shapes first
             from torchslim.prune import resize_to_state_dict_
 
             resize_to_state_dict_(model, load_state_dict(path))
-        return Artifact(self.label, self.type, "pytorch", path, load_checkpoint(model, path).eval(), info)
+        return Artifact(self.label, self.type, "pytorch", path, load_checkpoint(model, path).eval(), info,
+                        self.source(state))
+
+
+def current_artifact(state: RunState) -> str | None:
+    """The name of the artifact holding the current model (the last PyTorch artifact whose module it is), or None."""
+    return next((a.name for a in reversed(state.artifacts) if a.runtime == "pytorch" and a.model is state.model), None)

@@ -39,10 +39,11 @@ class ExportStage(Stage, ExportConfig):
             v = OnnxVerification.measure(state.model, path, state.test_inputs(), threads=state.recipe.evaluate.threads)
             state.log(f"[{self.label}] ONNX vs PyTorch on {v.samples} test inputs: max |Δlogit| "
                       f"{v.max_abs_diff:.2e}, top-1 agreement {100 * v.top1_agreement:.2f}%")
-        return Artifact(self.label, self.type, "onnxruntime", path, state.model, as_info(v, opset=self.opset))
+        return Artifact(self.label, self.type, "onnxruntime", path, state.model, as_info(v, opset=self.opset),
+                        self.source(state))
 
     def reload(self, state: RunState, path: Path, info: dict) -> Artifact:
         if self.format == "compressed":
             return Artifact(self.label, self.type, "pytorch", path,
-                            load_compressed(path, copy.deepcopy(state.model)).eval(), info)
+                            load_compressed(path, copy.deepcopy(state.model)).eval(), info, self.source(state))
         return super().reload(state, path, info)

@@ -29,6 +29,7 @@ class QuantizeStage(Stage, StaticInt8Config):
     def run(self, state: RunState, seed: int) -> Artifact:
         cfg = self if self.mode == "static" else DynamicInt8Config(per_channel=self.per_channel)
         art = quantize(state.model, cfg, state.data, state.out / f"{self.label}.onnx", name=self.label, seed=seed)
+        art.source = self.source(state)
         v = art.record(QuantizationRecord).vs_fp32
         state.log(f"[{art.name}] int8 ({self.mode}) vs fp32 PyTorch on {v.samples} test inputs: "
                   f"top-1 agreement {100 * v.top1_agreement:.2f}%")
@@ -51,7 +52,8 @@ class _QDQStage(Stage, QuantConfig):
         state.log(f"[{self.label}] ONNX Runtime vs fake-quant model: top-1 agreement "
                   f"{100 * quantization.verification.top1_agreement:.2f}%; vs fp32: "
                   f"{100 * quantization.vs_fp32.top1_agreement:.2f}%")
-        return Artifact(self.label, self.type, "onnxruntime", path, state.model, as_info(quantization, *records))
+        return Artifact(self.label, self.type, "onnxruntime", path, state.model, as_info(quantization, *records),
+                        self.source(state))
 
     def quant_config(self) -> dict:
         return self.model_dump(include=set(QuantConfig.model_fields))
