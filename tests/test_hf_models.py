@@ -71,3 +71,58 @@ def test_bad_directories_are_one_line_errors(tmp_path):
     path, _ = _tiny_bert(tmp_path / "x")
     with pytest.raises(TorchslimError, match="num_classes"):
         ts.load_hf_classifier(path, num_classes=0)
+
+
+def _tiny_encoder(tmp_path, layers=4):
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(0)
+    model = transformers.BertModel(cfg)
+    model.save_pretrained(tmp_path / "enc")
+    (tmp_path / "enc" / "vocab.txt").write_text("\n".join(f"t{i}" for i in range(40)) + "\n")
+    (tmp_path / "enc" / "modules.json").write_text("[]\n")
+    return tmp_path / "enc", model
+
+
+def test_sentence_encoder_mean_pools_real_tokens_and_normalises(tmp_path):
+    path, bert = _tiny_encoder(tmp_path)
+    enc = ts.load_hf_encoder(path).eval()
+    ids = torch.tensor([[2, 5, 7, 3, 0, 0]])
+    with torch.no_grad():
+        tokens = bert.eval()(input_ids=ids, attention_mask=ids.ne(0).long()).last_hidden_state
+        want = torch.nn.functional.normalize(tokens[:, :4].mean(1), dim=-1)  # the 4 real tokens only
+        got = enc(ids)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(got.norm(dim=-1), torch.ones(1))
+
+
+def test_drop_layers_keeps_the_chosen_layers_and_saves_a_loadable_directory(tmp_path):
+    path, bert = _tiny_encoder(tmp_path)
+    original = {k: v.clone() for k, v in bert.state_dict().items()}
+    enc = ts.drop_layers(ts.load_hf_encoder(path), keep=[0, 2])
+    assert enc.model.config.num_hidden_layers == 2 and len(enc.model.encoder.layer) == 2
+    new = enc.model.state_dict()
+    # The new layer 1 is the old layer 2, weight for weight.
+    torch.testing.assert_close(new["encoder.layer.1.output.dense.weight"],
+                               original["encoder.layer.2.output.dense.weight"])
+    out = ts.save_hf_model(enc, tmp_path / "student", tokenizer_from=path)
+    assert (out / "model.safetensors").is_file() and (out / "vocab.txt").is_file() and (out / "modules.json").is_file()
+    reloaded = transformers.AutoModel.from_pretrained(out, local_files_only=True).eval()
+    assert reloaded.config.num_hidden_layers == 2
+    ids = torch.tensor([[2, 5, 7, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(ts.HFSentenceEncoder(reloaded)(ids), enc.eval()(ids))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".student")], "temporary directory left behind"
+
+
+def test_drop_layers_errors_name_the_valid_range(tmp_path):
+    path, _ = _tiny_encoder(tmp_path)
+    enc = ts.load_hf_encoder(path)
+    with pytest.raises(TorchslimError, match=r"out of range: the model has 4 layers \(valid indices 0\.\.3\)"):
+        ts.drop_layers(enc, keep=[0, 4])
+    with pytest.raises(TorchslimError, match="twice"):
+        ts.drop_layers(enc, keep=[1, 1])
+    with pytest.raises(TorchslimError, match="non-empty list"):
+        ts.drop_layers(enc, keep=[])
+    with pytest.raises(TorchslimError, match="cannot find the transformer layers"):
+        ts.drop_layers(torch.nn.Linear(2, 2), keep=[0])

@@ -67,12 +67,7 @@ def load_hf_classifier(path: str | os.PathLike, num_classes: int | None = None) 
     without weights, or a config transformers cannot read.
     """
     folder = Path(path)
-    if not folder.is_dir():
-        raise TorchslimError(f"Hugging Face model directory {folder} does not exist")
-    if not (folder / "config.json").is_file():
-        raise TorchslimError(f"{folder} holds no config.json: not a Hugging Face model directory")
-    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
-        raise TorchslimError(f"{folder} holds no weights (looked for {', '.join(_WEIGHT_FILES)})")
+    _check_directory(folder)
     if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
                                     or num_classes < 1):
         raise TorchslimError(f"num_classes must be a positive whole number, got {num_classes!r}")
@@ -86,3 +81,147 @@ def load_hf_classifier(path: str | os.PathLike, num_classes: int | None = None) 
         raise TorchslimError(f"cannot load {folder} as a Hugging Face sequence classifier: {first}") from e
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     return HFSequenceClassifier(model, pad_id=pad_id)
+
+
+class HFSentenceEncoder(nn.Module):
+    """A Hugging Face encoder (``AutoModel``) as sentence-transformers runs it: token embeddings mean-pooled over the
+    non-pad positions, then L2-normalised. Takes padded token ids, returns N×hidden embeddings.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+        ...                  intermediate_size=32)
+        >>> e = HFSentenceEncoder(BertModel(cfg))(torch.tensor([[2, 7, 3, 0]]))
+        >>> e.shape, round(float(e.norm()), 4)
+        (torch.Size([1, 16]), 1.0)
+    """
+
+    def __init__(self, model: nn.Module, pad_id: int = 0, normalize: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.pad_id = pad_id
+        self.normalize = normalize
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = input_ids.ne(self.pad_id).long()
+        tokens = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.unsqueeze(-1).to(tokens.dtype)
+        pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def _check_directory(folder: Path) -> None:
+    if not folder.is_dir():
+        raise TorchslimError(f"Hugging Face model directory {folder} does not exist")
+    if not (folder / "config.json").is_file():
+        raise TorchslimError(f"{folder} holds no config.json: not a Hugging Face model directory")
+    if not any((folder / f).is_file() for f in _WEIGHT_FILES):
+        raise TorchslimError(f"{folder} holds no weights (looked for {', '.join(_WEIGHT_FILES)})")
+
+
+def load_hf_encoder(path: str | os.PathLike, normalize: bool = True) -> HFSentenceEncoder:
+    """Load a Hugging Face encoder directory (e.g. all-MiniLM-L6-v2) as a sentence-embedding model, offline."""
+    folder = Path(path)
+    _check_directory(folder)
+    transformers = _import_transformers()
+    try:
+        model = transformers.AutoModel.from_pretrained(folder, local_files_only=True)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise TorchslimError(f"cannot load {folder} as a Hugging Face encoder: {first}") from e
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    return HFSentenceEncoder(model, pad_id=pad_id, normalize=normalize)
+
+
+# Where transformer blocks live, by architecture family: BERT/RoBERTa/MiniLM/ELECTRA, DistilBERT, decoder LMs.
+_LAYER_PATHS = ("encoder.layer", "transformer.layer", "model.layers", "layers", "transformer.h")
+_LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layers", "n_layer")
+
+
+def _transformer(model: nn.Module) -> nn.Module:
+    """The transformers model inside a torchslim wrapper (or the model itself)."""
+    return model.model if isinstance(model, (HFSequenceClassifier, HFSentenceEncoder)) else model
+
+
+def _layer_list(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+    modules = dict(model.named_modules())
+    for prefix in ("", "bert.", "roberta.", "distilbert.", "electra.", "base_model."):
+        for path in _LAYER_PATHS:
+            found = modules.get(prefix + path)
+            if isinstance(found, nn.ModuleList):
+                parent_name, _, attr = (prefix + path).rpartition(".")
+                return modules[parent_name] if parent_name else model, attr, found
+    raise TorchslimError(f"cannot find the transformer layers of {type(model).__name__} (looked for "
+                         f"{', '.join(_LAYER_PATHS)}); layer dropping supports BERT-family, DistilBERT and decoder "
+                         f"models")
+
+
+def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
+    """Keep only the transformer layers at the indices `keep` (in that order), in place; returns `model`.
+
+    DistilBERT's student is BERT with every other layer (``keep=[0, 2, 4, 6, 8, 10]``); sentence-transformers'
+    layer-drop students keep a spread of layers and then distil embeddings. The config's layer count follows, so the
+    saved model loads with ``from_pretrained``.
+
+    Example:
+        >>> student = drop_layers(load_hf_encoder("all-MiniLM-L6-v2"), keep=[0, 2, 4])   # doctest: +SKIP
+    """
+    inner = _transformer(model)
+    parent, attr, layers = _layer_list(inner)
+    n = len(layers)
+    if not isinstance(keep, (list, tuple)) or not keep or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in keep):
+        raise TorchslimError(f"keep_layers must be a non-empty list of layer indices 0..{n - 1}, got {keep!r}")
+    bad = [i for i in keep if not 0 <= i < n]
+    if bad:
+        raise TorchslimError(f"keep_layers {bad} out of range: the model has {n} layers (valid indices 0..{n - 1})")
+    if len(set(keep)) != len(keep):
+        raise TorchslimError(f"keep_layers lists a layer twice: {list(keep)}")
+    setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
+    for new_index, layer in enumerate(getattr(parent, attr)):
+        for sub in layer.modules():  # attention caches key on the position of the layer
+            if hasattr(sub, "layer_idx"):
+                sub.layer_idx = new_index
+    config = getattr(inner, "config", None)
+    for key in _LAYER_COUNT_KEYS:
+        if config is not None and hasattr(config, key):
+            setattr(config, key, len(keep))
+    return model
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json",
+                    "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+_SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json",
+                                "1_Pooling/config.json")
+
+
+def save_hf_model(model: nn.Module, path: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None) -> Path:
+    """Write `model` as a Hugging Face model directory (config + safetensors), with the tokenizer files (and, for a
+    sentence encoder, sentence-transformers' module files) copied from `tokenizer_from`, the directory the model came
+    from. Written to a temporary directory and renamed, so `path` is whole or absent. Users keep their serving code:
+    ``AutoModel.from_pretrained(path)`` and ``SentenceTransformer(path)`` load it as they are."""
+    import shutil
+    import tempfile
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise TorchslimError(f"{out} exists and is not a directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _transformer(model).save_pretrained(tmp, safe_serialization=True)
+        if tokenizer_from is not None:
+            source = Path(tokenizer_from)
+            names = _TOKENIZER_FILES + (_SENTENCE_TRANSFORMERS_FILES if isinstance(model, HFSentenceEncoder) else ())
+            for name in names:
+                if (source / name).is_file():
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(source / name, tmp / name)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
