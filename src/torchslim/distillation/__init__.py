@@ -4,12 +4,12 @@ from torchslim.distillation.config import KDConfig, LossSpec
 from torchslim.distillation.datafree import (DAFLConfig, DataFreeConfig, DeepInversionConfig, FewDataVAEConfig,
                                              distill_data_free, few_data_indices)
 from torchslim.distillation.kd import distill, teacher_agreement, teacher_logits
-from torchslim.distillation.losses import LOSSES, DistillLoss, LossInputs, kd_loss
+from torchslim.distillation.losses import LOSSES, DistillLoss, LossInputs, embedding_loss, kd_loss
 from torchslim.distillation.objective import DistillationModel, build_objective, combine_logits
 from torchslim.distillation.taps import FeatureTaps, make_adapter, match_spatial
 
 __all__ = ["KDConfig", "LossSpec", "LOSSES", "DistillLoss", "LossInputs", "DistillationModel", "FeatureTaps",
-           "augment_token_ids", "build_objective", "combine_logits", "distill", "kd_loss", "make_adapter",
+           "augment_token_ids", "build_objective", "combine_logits", "distill", "embedding_loss", "kd_loss", "make_adapter",
            "match_spatial", "teacher_agreement", "teacher_logits",
            "DataFreeConfig", "DAFLConfig", "DeepInversionConfig", "FewDataVAEConfig", "distill_data_free",
            "few_data_indices"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +42,19 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
                     F.log_softmax(teacher_logits / temperature, dim=1),
                     reduction="batchmean", log_target=True)
     return alpha * hard + (1 - alpha) * temperature**2 * soft
+
+
+def embedding_loss(student: torch.Tensor, teacher: torch.Tensor, metric: str = "mse") -> torch.Tensor:
+    """Embedding distillation (sentence-transformers' model distillation; Reimers & Gurevych 2020): the student's
+    output embedding regressed onto the teacher's, N×D each. ``mse``: mean squared error over all elements (their
+    MSELoss); ``cosine``: batch mean of 1 − cos(student, teacher), blind to the embeddings' lengths."""
+    if student.shape != teacher.shape:
+        raise TorchslimError(f"embedding distillation needs student and teacher embeddings of one size; got "
+                             f"{tuple(student.shape[1:])} and {tuple(teacher.shape[1:])} (a layer-dropped student "
+                             f"keeps the teacher's width)")
+    if metric == "cosine":
+        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    return F.mse_loss(student, teacher)
 
 
 def hint_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -185,6 +198,23 @@ class KDLoss(DistillLoss):
     def forward(self, inputs: LossInputs) -> torch.Tensor:
         o = self.options
         return kd_loss(inputs.student_logits, inputs.teacher_logits, inputs.labels, o.temperature, o.alpha)
+
+
+class EmbeddingOptions(Config):
+    metric: Literal["mse", "cosine"] = Field("mse", description="mse (sentence-transformers' choice) or cosine")
+
+
+@LOSSES.register("embedding")
+class EmbeddingLoss(DistillLoss):
+    """Embedding distillation: MSE (or 1 − cosine) between the student's and the teacher's output embeddings, labels
+    unused, so any unlabelled text will do (sentence-transformers' model distillation)."""
+
+    Options = EmbeddingOptions
+    layers = 0
+    needs_teacher_logits = True
+
+    def forward(self, inputs: LossInputs) -> torch.Tensor:
+        return embedding_loss(inputs.student_logits, inputs.teacher_logits, self.options.metric)
 
 
 class CEOptions(Config):
