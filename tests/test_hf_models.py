@@ -165,3 +165,27 @@ def test_layer_dropped_encoder_distilled_on_unlabelled_text_moves_towards_the_te
                log=lambda _: None)
     after = distance()
     assert after < 0.5 * before, (before, after)
+
+
+def test_evaluate_sentence_embeddings_by_cosine_to_the_teacher_in_pytorch_and_onnx_runtime(tmp_path):
+    """The sentence-embedding task: labels are the reference embeddings; the teacher scores cosine 1, the ONNX
+    export of a student matches the student, the table names the metric."""
+    path, _ = _tiny_encoder(tmp_path)
+    teacher = ts.load_hf_encoder(path).eval()
+    student = ts.drop_layers(ts.load_hf_encoder(path), keep=[0]).eval()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(4, 40, (24, 10), generator=g)
+    ids[:12, 6:] = 0  # padded rows: the mask must travel into the ONNX graph too
+    ref = ts.predict(teacher, ids)
+    task = ts.get_task("sentence-embedding", vocab_size=40, max_length=10)
+    onnx = ts.export_onnx(student, tmp_path / "student.onnx", task=task)
+    ev = ts.evaluate({"teacher": teacher, "student": student, "student onnx": onnx}, task,
+                     torch.utils.data.TensorDataset(ids, ref), latency=ts.LatencyConfig(max_seconds=0.01))
+    by = {r["name"]: r for r in ev}
+    assert by["teacher"]["metrics"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert by["teacher"]["accuracy"] is None and by["teacher"]["primary_metric"] == "cosine"
+    with torch.no_grad():
+        want = torch.nn.functional.cosine_similarity(student(ids), ref).mean().item()
+    assert by["student"]["metrics"]["cosine"] == pytest.approx(want, abs=1e-5)
+    assert by["student onnx"]["metrics"]["cosine"] == pytest.approx(want, abs=1e-4)
+    assert "cosine" in ev.table().splitlines()[0]

@@ -133,10 +133,12 @@ def evaluate(
         records = []
         for artifact, run, source in zip(artifacts, runners, sources):
             logits, labels = logits_and_labels(run, test)
-            if not task.num_classes:  # a task made here from a bare `input_shape`: the classes are the logits'
-                task.num_classes = int(logits.shape[1])
-            errors = int((logits.argmax(axis=1) != labels).sum())
-            acc = 1.0 - errors / len(labels)
+            acc = errors = None
+            if labels.ndim == 1:  # class labels; an embedding task's "labels" are reference embeddings, N×D
+                if not task.num_classes:  # a task made here from a bare `input_shape`: the classes are the logits'
+                    task.num_classes = int(logits.shape[1])
+                errors = int((logits.argmax(axis=1) != labels).sum())
+                acc = 1.0 - errors / len(labels)
             metrics = task.metrics(logits, labels)
             if "accuracy" in metrics:  # one number, whichever way it is rounded: the record's
                 metrics.update(accuracy=acc, errors=errors)
@@ -395,7 +397,8 @@ def compare(record: dict, baseline: dict) -> dict:
         "speedup": {b: _ratio(base_lat[b]["p50"], lat[b]["p50"]) for b in lat if b in base_lat},
         "compression": _ratio(baseline["file_bytes"], record["file_bytes"]),
         "compression_lzma": _ratio(baseline["file_bytes_lzma"], record["file_bytes_lzma"]),
-        "accuracy_delta": record["accuracy"] - baseline["accuracy"],
+        "accuracy_delta": None if record["accuracy"] is None or baseline["accuracy"] is None
+        else record["accuracy"] - baseline["accuracy"],
     }
 
 

@@ -3,7 +3,7 @@
 Example:
     >>> from torchslim.tasks import TASKS, get_task
     >>> TASKS.names()
-    ['image-classification', 'text-classification']
+    ['image-classification', 'sentence-embedding', 'text-classification']
     >>> get_task("image-classification", input_shape=(1, 8, 8)).primary_metric
     'accuracy'
 """
@@ -14,12 +14,15 @@ from typing import Any
 from torchslim.registry import Registry
 from torchslim.tasks.base import Task, batch_size_of, classification_metrics, forward, logits_of
 from torchslim.tasks.image_classification import ImageClassification
+from torchslim.tasks.sentence_embedding import SentenceEmbedding, cosine_rows
 from torchslim.tasks.text_classification import TextClassification
 
 TASKS: Registry[type[Task]] = Registry("task")
 TASKS.register("image-classification", help="images of one size → classes (accuracy, macro-F1)")(ImageClassification)
 TASKS.register("text-classification", help="token ids from a tokenizer → classes (accuracy, macro-F1)")(
     TextClassification)
+TASKS.register("sentence-embedding", help="token ids → embeddings, judged by cosine to reference embeddings")(
+    SentenceEmbedding)
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
@@ -27,5 +30,6 @@ def get_task(name: str, **kwargs: Any) -> Task:
     return TASKS.get(name)(**kwargs)
 
 
-__all__ = ["TASKS", "Task", "ImageClassification", "TextClassification", "get_task", "forward", "logits_of",
+__all__ = ["TASKS", "Task", "ImageClassification", "TextClassification", "SentenceEmbedding", "get_task",
+           "cosine_rows", "forward", "logits_of",
            "batch_size_of", "classification_metrics"]
