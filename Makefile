@@ -16,7 +16,7 @@ $(BIN)/torchslim: pyproject.toml
 install: $(BIN)/torchslim
 
 demo: install
-	$(BIN)/torchslim run recipes/digits.yaml --out runs/demo
+	$(BIN)/torchslim run recipes/digits.yaml --out runs/demo --force   # --force: `make demo` again replaces the last demo
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         small.write_text(yaml.safe_dump(recipe, sort_keys=False))
         t0 = time.perf_counter()
         run = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "torchslim", "run", str(small),
-                              "--out", str(out / "run"), "--quiet"], cwd=ROOT, env=env, capture_output=True, text=True)
+                              "--out", str(out / "run"), "--quiet", "--force"], cwd=ROOT, env=env, capture_output=True, text=True)
         report = out / "run" / "report.json"
         names = [a["name"] for a in json.loads(report.read_text())["artifacts"]] if report.is_file() else []
         rows.append({"recipe": str(path.relative_to(ROOT)), "exit_code": run.returncode, "artifacts": names,

@@ -86,7 +86,7 @@ def test_resume_refuses_changes_to_finished_work_but_takes_changes_to_the_rest(t
     assert main(["run", str(recipe), "--out", out, "--resume", "--set", "seed=5"]) == 2
     assert "--resume: seed differs from the run in" in capsys.readouterr().err
     assert main(["run", str(recipe), "--out", out, "--resume", "--set", "stages.finetune.train.lr=0.01"]) == 2
-    assert "stages[0] (finetune) differs" in capsys.readouterr().err
+    assert "--resume: stages[0].train.lr differs" in capsys.readouterr().err
     # A stage added after the finished ones is new work: the resume runs only that.
     longer = yaml.safe_load(recipe.read_text())
     longer["stages"].append({"type": "export"})

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,9 +31,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run directory (default: runs/<recipe name>)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a recipe field, e.g. --set stages.distill.temperature=8 (repeatable)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue an interrupted run in --out: finished stages are reloaded, the interrupted one "
-                          "continues from its last finished epoch")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run in --out: finished stages are reloaded, the interrupted one "
+                            "continues from its last finished epoch")
+    again.add_argument("--force", action="store_true",
+                       help="start over in an --out that holds an earlier run, replacing its files")
     run.add_argument("--quiet", action="store_true", help="print only the final table")
     val = sub.add_parser("validate", help="check a recipe, load its data and build its models (no training); "
                                           "print the recipe with every default filled in")
@@ -45,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -57,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("torchslim: interrupted", file=sys.stderr)
+        print("torchslim: interrupted" + _resume_hint(args), file=sys.stderr)
         return 130
 
 
@@ -77,7 +82,10 @@ def _dispatch(args) -> int:
     from torchslim.evaluation import print_table
     from torchslim.pipeline import run_recipe
 
-    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    from torchslim.pipeline.runner import check_out
+
+    out = _out(args)
+    check_out(out, resume=args.resume, force=args.force)
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     report = run_recipe(recipe, out, log=log, resume=args.resume)
     if report is None:  # a torchrun rank other than 0: rank 0 prints and writes the report
@@ -85,6 +93,20 @@ def _dispatch(args) -> int:
     print_table(report)
     print(f"report: {out / 'report.md'}  {out / 'report.html'}  {out / 'report.json'}")
     return 0
+
+
+def _out(args) -> Path:
+    return Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+
+
+def _resume_hint(args) -> str:
+    """'; to continue: torchslim run ... --resume' when an interrupted `run` left a run folder behind."""
+    if args is None or getattr(args, "command", None) != "run" or not (_out(args) / "recipe.yaml").is_file():
+        return ""
+    words = ["torchslim", "run", args.recipe, "--out", str(_out(args))]
+    for item in args.overrides:
+        words += ["--set", item]
+    return f"; to continue: {shlex.join(words + ['--resume'])}"
 
 
 def _list(what: str) -> int:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
+import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,8 +96,48 @@ def save_checkpoint(model: nn.Module, path: str | os.PathLike, meta: dict | None
     return path
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without executing code: safetensors, or a torch file with ``weights_only=True``."""
+# Dicts that commonly wrap a state dict in a training script's checkpoint: {"model": state_dict, "epoch": 3, ...}.
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _first_line(error: Exception, limit: int = 160) -> str:
+    """The first line of an exception's message, without terminal colour codes, shortened at a word boundary."""
+    text = _ANSI.sub("", str(error)).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if len(text) > limit and 0 < text.find(". ") < limit:
+        text = text[: text.find(". ") + 1]  # the first sentence says what went wrong; the rest is advice for others
+    elif len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return text
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unreadable_torch_file(path: Path, e: Exception) -> TorchslimError:
+    """A cut-short or damaged file is 'corrupt'; a whole file that needs unpickling Python objects is 'refused'."""
+    text = _ANSI.sub("", str(e))
+    if isinstance(e, EOFError) or any(s in text for s in ("truncated", "zip archive", "central directory")):
+        return TorchslimError(f"corrupt checkpoint {path} (truncated or damaged): {_first_line(e)}")
+    if isinstance(e, pickle.UnpicklingError) or "pickle" in text.lower():
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        what = f"a pickled Python object ({found.group(1)})" if found else "pickled Python objects"
+        return TorchslimError(f"refused checkpoint {path}: it holds {what}, not only tensors, and torchslim never "
+                              f"unpickles (that can run code); save the weights alone: "
+                              f"torch.save(model.state_dict(), path), or safetensors")
+    return TorchslimError(f"corrupt checkpoint {path} (not a torch file): {_first_line(e)}")
+
+
+def load_state_dict(path: str | os.PathLike, log: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without executing code: safetensors, or a torch file with ``weights_only=True``.
+
+    A torch file may hold the state dict itself or wrap it under one of :data:`WRAPPER_KEYS`
+    (``{"model": state_dict, "epoch": 3}``); ``log`` is told which key the weights came from.
+
+    Example:
+        >>> state = load_state_dict("runs/demo/teacher.safetensors")   # doctest: +SKIP
+    """
     path = Path(path)
     if not path.is_file():
         raise TorchslimError(f"checkpoint not found: {path}")
@@ -106,26 +148,37 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise TorchslimError(f"corrupt checkpoint {path}: {str(e).splitlines()[0]}") from None
+            raise TorchslimError(f"corrupt checkpoint {path} (truncated or not safetensors): {_first_line(e)}") from None
     if path.suffix in (".pt", ".pth", ".bin"):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any failure here means the file is not a safe state dict
-            raise TorchslimError(
-                f"refused checkpoint {path}: not a plain tensor file loadable with weights_only=True "
-                f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
-            ) from None
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise TorchslimError(f"checkpoint {path} is not a state dict of tensors")
+        except Exception as e:  # noqa: BLE001 - any failure here means the file is not a safe, whole state dict
+            raise _unreadable_torch_file(path, e) from None
+        if isinstance(state, dict) and not _is_tensor_dict(state):
+            wrapped = [k for k in WRAPPER_KEYS if _is_tensor_dict(state.get(k))]
+            if wrapped:
+                if log is not None:
+                    log(f"{path}: took the weights under the key '{wrapped[0]}'")
+                state = state[wrapped[0]]
+            else:
+                inner = [str(k) for k, v in state.items() if _is_tensor_dict(v)]
+                hint = (f"; the weights look to be under the key '{inner[0]}': save that alone "
+                        f"(torch.save(checkpoint['{inner[0]}'], path)) or under 'state_dict'") if inner else ""
+                keys = ", ".join(str(k) for k in list(state)[:6]) + (", ..." if len(state) > 6 else "")
+                raise TorchslimError(f"checkpoint {path} is not a state dict of tensors: a dict with keys {keys}{hint}")
+        if not _is_tensor_dict(state):
+            raise TorchslimError(f"checkpoint {path} is not a state dict of tensors (it holds a {type(state).__name__})")
         return state
     raise TorchslimError(f"unsupported checkpoint format '{path.suffix}' for {path}; valid: .safetensors, .pt, .pth, .bin")
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load weights into ``model``; a missing/extra key or a shape mismatch is a one-line TorchslimError."""
-    state = load_state_dict(path)
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, log: Callable[[str], None] | None = None) -> nn.Module:
+    """Load weights into ``model``; a missing/extra key or a shape mismatch is a one-line TorchslimError.
+
+    Example:
+        >>> model = load_checkpoint(create_model("lenet5"), "lenet5.safetensors")   # doctest: +SKIP
+    """
+    state = load_state_dict(path, log=log)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     extra = [k for k in state if k not in own]

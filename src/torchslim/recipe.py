@@ -121,6 +121,9 @@ class Recipe(Config):
             raise ValueError(f"version: this torchslim reads recipe version {RECIPE_VERSION}, not {self.version}")
         seen: set[str] = set()
         teacher_names = self.teacher_names()
+        if not teacher_names and not self.stages:
+            raise ValueError("nothing to run: the recipe has no `teacher:` and no `stages:`; give a teacher to "
+                             "train or load, and the stages that compress it (see recipes/digits.yaml)")
         for i, t in enumerate(self.teachers):
             if teacher_names.count(t.name) > 1:
                 raise ValueError(f"teachers[{i}].name: two teachers are named '{t.name}'"
@@ -167,21 +170,35 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     """
     path = Path(path)
     if not path.is_file():
-        raise TorchslimError(f"recipe not found: {path}")
+        raise TorchslimError(f"recipe not found: {path}" if not path.exists() else
+                             f"recipe {path} is a folder, not a file; give a recipe .yaml file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TorchslimError(f"{path}: not a text file (byte {e.start} is not UTF-8); a recipe is YAML text, "
+                             f"e.g. recipes/digits.yaml") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise TorchslimError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
     if raw is None:
-        raw = {}
+        raise TorchslimError(f"{path}: the recipe is empty; a recipe names at least a `teacher:` or `stages:` "
+                             f"(see recipes/digits.yaml)")
     if not isinstance(raw, dict):
         raise TorchslimError(f"{path}: a recipe is a mapping of fields (version, seed, data, teacher, student, stages), "
                              f"not a {type(raw).__name__}")
-    for item in overrides:
-        apply_override(raw, item)
-    return validate_recipe(raw, source=str(path))
+    where = {item: apply_override(raw, item) for item in overrides}
+    try:
+        return validate_recipe(raw, source=str(path))
+    except TorchslimError as e:
+        # Blame the `--set` argument when the bad field is the one it set (or lies inside it).
+        message = str(e).removeprefix(f"{path}: ")
+        for item, loc in reversed(where.items()):
+            if message == loc or message.startswith((f"{loc}:", f"{loc}.", f"{loc}[", f"{loc} (")):
+                raise TorchslimError(f"--set {item}: {message}") from None
+        raise
 
 
 def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
@@ -233,10 +250,10 @@ def _check_names_and_files(recipe: Recipe) -> None:
 
 def _fmt_loc(loc: tuple) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in STAGE_TYPES and out.endswith("]"):
+        elif part in STAGE_TYPES and i >= 2 and loc[i - 2] == "stages" and isinstance(loc[i - 1], int):
             continue  # pydantic inserts the union tag ("stages.0.distill.x"); the index already says which stage
         else:
             out += ("." if out else "") + str(part)
@@ -301,8 +318,9 @@ def _check_keys(raw: Any, model: type[BaseModel], where: str) -> None:
 
 
 # -------------------------------------------------------------------------------------------------------- overrides
-def apply_override(raw: dict, item: str) -> None:
+def apply_override(raw: dict, item: str) -> str:
     """Apply one `--set a.b.c=value` to the raw recipe dict; the value is parsed as YAML (numbers, lists, ...).
+    Return the field it set as errors name it (`stages[1].temperature`).
 
     In `stages`, an element is addressed by its name or type (`stages.distill.temperature=8`) or its index.
     """
@@ -317,23 +335,26 @@ def apply_override(raw: dict, item: str) -> None:
     if not parts:
         raise TorchslimError(f"--set {item}: empty key")
     node: Any = raw
+    where = ""
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _list_item(node, part, ".".join(parts[: i + 1]), item)
+            idx = _list_index(node, part, ".".join(parts[: i + 1]), item)
+            node, where = node[idx], f"{where}[{idx % len(node)}]"
         elif isinstance(node, dict):
             if node.get(part) is None:
                 node[part] = {}
-            node = node[part]
+            node, where = node[part], f"{where}.{part}" if where else part
         else:
             raise TorchslimError(f"--set {item}: '{'.'.join(parts[:i])}' is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
         idx = _list_index(node, last, key, item)
         node[idx] = value
-    elif isinstance(node, dict):
+        return f"{where}[{idx % len(node)}]"
+    if isinstance(node, dict):
         node[last] = value
-    else:
-        raise TorchslimError(f"--set {item}: '{'.'.join(parts[:-1])}' is a value, not a section")
+        return f"{where}.{last}" if where else last
+    raise TorchslimError(f"--set {item}: '{'.'.join(parts[:-1])}' is a value, not a section")
 
 
 def _list_index(items: list, part: str, where: str, item: str) -> int:
@@ -348,10 +369,6 @@ def _list_index(items: list, part: str, where: str, item: str) -> int:
     valid = [n for n in names if n]
     raise TorchslimError(f"--set {item}: no stage named '{part}'{did_you_mean(part, valid)}; "
                          f"stages: {', '.join(valid) or '(none)'}")
-
-
-def _list_item(items: list, part: str, where: str, item: str) -> Any:
-    return items[_list_index(items, part, where, item)]
 
 
 def dump_recipe(recipe: Recipe) -> str:

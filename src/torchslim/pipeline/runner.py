@@ -47,7 +47,7 @@ def _teacher(state: RunState, name: str) -> tuple[Artifact, nn.Module]:
         state.log(f"[{name}] ONNX Runtime teacher {spec.onnx}")
         return Artifact(name, "teacher", "onnxruntime", Path(spec.onnx), None, {"onnx": spec.onnx}), model
     if spec.checkpoint:
-        load_checkpoint(model, spec.checkpoint)
+        load_checkpoint(model, spec.checkpoint, log=lambda msg: state.log(f"[{name}] {msg}"))
         state.log(f"[{name}] loaded {spec.checkpoint}")
         info = {"checkpoint": spec.checkpoint}
     else:
@@ -69,6 +69,8 @@ def _start(recipe: Recipe, out: Path, resume: bool) -> dict:
     """Prepare the run folder; return the finished stages recorded by an earlier, interrupted run."""
     progress = out / "progress.json"
     saved = out / "recipe.yaml"
+    if out.exists() and not out.is_dir():
+        raise TorchslimError(f"--out {out}: is a file, not a folder; give a folder for the run (new or earlier run's)")
     done: dict = {}
     stale_checkpoints: list[str] = []
     if resume:
@@ -96,24 +98,64 @@ def _resumable(before: dict, now: dict, done: dict, saved: Path) -> list[str]:
     unchanged. Unfinished stages may change — e.g. a lower learning rate after a NaN — and then restart from
     their first epoch.
     """
-    def refuse(what: str) -> TorchslimError:
-        return TorchslimError(f"--resume: {what} differs from the run in {saved.parent} ({saved}), and finished work "
-                              f"depends on it; use a new --out, or drop --resume to start over")
+    def refuse(where: str, old, new) -> TorchslimError:
+        fields = _differences(old, new, where)
+        shown = "; ".join(f"{f}: was {_show(a)}, now {_show(b)}" for f, a, b in fields[:3])
+        shown += f"; and {len(fields) - 3} more" if len(fields) > 3 else ""
+        return TorchslimError(f"--resume: {', '.join(f for f, _, _ in fields[:3])} differ{'s' if len(fields) == 1 else ''}"
+                              f" from the run in {saved.parent} ({shown}), and finished work depends on it; "
+                              f"use a new --out, or --force to start over")
 
     changed = [key for key in ("version", "seed", "data", "teacher", "teachers", "student")
                if (before.get(key) or None) != (now.get(key) or None)]  # `teachers: []` and no key are the same
     if changed and done:
-        raise refuse(changed[0])
+        raise refuse(changed[0], before.get(changed[0]), now.get(changed[0]))
     old_stages = before.get("stages", [])
     stale = (["teacher"] + [t["name"] for t in now.get("teachers") or []]) if changed else []
     for i, st in enumerate(now["stages"]):
         name = st["name"] or st["type"]
         same = not changed and i < len(old_stages) and old_stages[i] == st
         if name in done and not same:
-            raise refuse(f"stages[{i}] ({name})")
+            raise refuse(f"stages[{i}]", old_stages[i] if i < len(old_stages) else None, st)
         if not same:
             stale.append(name)
     return stale
+
+
+def _differences(old, new, where: str) -> list[tuple[str, object, object]]:
+    """Every leaf field that differs between two resolved recipe sections: [(path, old value, new value)]."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += _differences(old.get(key), new.get(key), f"{where}.{key}")
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [d for i, (a, b) in enumerate(zip(old, new)) for d in _differences(a, b, f"{where}[{i}]")]
+    return [] if old == new else [(where, old, new)]
+
+
+def _show(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_out(out: str | Path, resume: bool, force: bool) -> None:
+    """Refuse to start a run in a folder that holds an earlier one, unless told what to do with it: `resume`
+    (continue it) or `force` (start over, replacing its files). A folder with no finished work is simply reused."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise TorchslimError(f"--out {out}: is a file, not a folder; give a folder for the run")
+    if resume or force or not out.is_dir():
+        return
+    if (out / "report.json").is_file():
+        raise TorchslimError(f"--out {out} holds a finished run (report.json); add --force to run again and replace "
+                             f"it, or give a new --out")
+    progress = out / "progress.json"
+    finished = list(json.loads(progress.read_text())) if progress.is_file() else []
+    if finished or list((out / "checkpoints").glob("*.pt")):
+        what = f"finished: {', '.join(finished)}" if finished else "a stage was part way through"
+        raise TorchslimError(f"--out {out} holds an interrupted run ({what}); add --resume to continue it, or "
+                             f"--force to start over")
 
 
 def load_data(recipe: Recipe):
@@ -147,6 +189,11 @@ def check_recipe(recipe: Recipe) -> dict:
             model = state.create(spec)
         except TorchslimError as e:
             raise TorchslimError(f"{role}: {e}") from None
+        if getattr(spec, "checkpoint", None):  # corrupt, truncated or of another shape: say so now, not mid-run
+            try:
+                load_checkpoint(model, spec.checkpoint)
+            except TorchslimError as e:
+                raise TorchslimError(f"{role}.checkpoint: {e}") from None
         entry = {"model": spec.model or spec.factory, "params": sum(p.numel() for p in model.parameters())}
         if role.startswith("teachers["):
             summary.setdefault("teachers", {})[spec.name] = entry
