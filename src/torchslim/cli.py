@@ -1,4 +1,4 @@
-"""Command line: `torchslim run|validate|list`. `main(argv) -> int` is callable from tests."""
+"""Command line: `torchslim run|validate|list|compare`. `main(argv) -> int` is callable from tests."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     lst = sub.add_parser("list", help="list what a recipe can name")
     lst.add_argument("what", help=f"one of: {', '.join(LISTABLE)}")
+    cmp = sub.add_parser("compare", help="one table over the artifacts of several runs, and compare.html with them "
+                                         "on the same accuracy-vs-size and accuracy-vs-latency axes")
+    cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each holds report.json)")
+    cmp.add_argument("--out", default="compare.html", help="the HTML page to write (default: ./compare.html)")
     return p
 
 
@@ -71,6 +75,8 @@ def _dispatch(args) -> int:
 
     if args.command == "list":
         return _list(args.what)
+    if args.command == "compare":
+        return _compare(args.runs, args.out)
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "validate":
         from torchslim.pipeline import check_recipe
@@ -107,6 +113,17 @@ def _resume_hint(args) -> str:
     for item in args.overrides:
         words += ["--set", item]
     return f"; to continue: {shlex.join(words + ['--resume'])}"
+
+
+def _compare(runs: list[str], out: str) -> int:
+    from torchslim.compare import compare_runs
+
+    comparison = compare_runs(runs, out=out)
+    print(comparison.table())
+    for warning in comparison.warnings:  # also in the table's last lines and the page's banner: stderr keeps them
+        print(f"torchslim: warning: {warning}", file=sys.stderr)  # visible when stdout goes to a file
+    print(f"comparison: {comparison.html_path}")
+    return 0
 
 
 def _list(what: str) -> int:

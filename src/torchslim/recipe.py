@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from torchslim.config import Config
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.pipeline.stages import STAGE_TYPES, Stage
+from torchslim.tracking import LogSpec
 from torchslim.training.config import TrainConfig
 
 RECIPE_VERSION = 1
@@ -114,6 +115,8 @@ class Recipe(Config):
     student: ModelSpec | None = None
     stages: list[AnyStage] = Field(default_factory=list)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    log: LogSpec = Field(default_factory=LogSpec, description="experiment trackers to send the run to "
+                                                           "(log: {mlflow: {...}}); none by default")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:

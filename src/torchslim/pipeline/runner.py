@@ -27,6 +27,7 @@ from torchslim.io import atomic_write_json, atomic_write_text, load_checkpoint
 from torchslim.pipeline.state import Log, RunState, checkpoint_path
 from torchslim.recipe import Recipe, dump_recipe
 from torchslim.records import TrainingRecord, as_info, info_from_json, jsonable
+from torchslim.tracking import Tracker, make_tracker, track
 from torchslim.training import dist
 
 
@@ -200,6 +201,7 @@ def check_recipe(recipe: Recipe) -> dict:
         else:
             summary[role] = entry
     _check_stages(recipe, state)
+    make_tracker(recipe.log)  # a recipe that logs to MLflow needs mlflow: say so before any work
     return summary
 
 
@@ -213,12 +215,19 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
     Example:
         >>> report = run_recipe(load_recipe("recipes/digits.yaml"), "runs/demo")   # doctest: +SKIP
     """
-    from torchslim.evaluation import LatencyConfig, build_report, evaluate, write_report
-
     dist.init()
     log = log if dist.is_main() else (lambda msg: None)
     out = Path(out)
     done = _start(recipe, out, resume)
+    # The recipe's `log:` trackers (none: a no-op), rank 0 only; the run is marked FINISHED, FAILED or KILLED.
+    with track(recipe, out, enabled=dist.is_main(), log=log) as tracker:
+        return _run(recipe, out, log, done, tracker)
+
+
+def _run(recipe: Recipe, out: Path, log: Log, done: dict, tracker: Tracker) -> dict | None:
+    """The body of :func:`run_recipe`, inside its tracker: teachers, stages, evaluation, report."""
+    from torchslim.evaluation import LatencyConfig, build_report, evaluate, write_report
+
     torch.manual_seed(recipe.seed)
     data = load_data(recipe)
     log(f"data: {recipe.data.name} from {data.source}: {len(data.train)} train / {len(data.val) if data.val else 0} val / "
@@ -241,6 +250,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
         if art.runtime == "pytorch":
             state.model = state.model or model  # the first teacher is the current model
         _add(state, art, t0)
+        tracker.log_stage(art.name, art.info)  # its epochs, from the training history its records hold
 
     for i, st in enumerate(recipe.stages):
         t0 = time.perf_counter()
@@ -259,6 +269,7 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
         if art.runtime == "pytorch":
             state.model = art.model
         _add(state, art, t0)
+        tracker.log_stage(art.name, art.info)  # its epochs, from the training history its records hold
 
     if not dist.is_main():
         return None
@@ -271,6 +282,8 @@ def run_recipe(recipe: Recipe, out: str | Path, log: Log = print, resume: bool =
                           meta={"stage_seconds": state.seconds, "processes": dist.world()}, latency=latency)
     report = jsonable(report)  # what report.json holds: records as their JSON under their kind
     write_report(report, out)
+    tracker.log_results(report["artifacts"])
+    tracker.log_artifacts(out)
     return report
 
 
