@@ -26,9 +26,7 @@ from torchslim.cli import _parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
-# docs/compare.md documents `torchslim compare`, not yet wired into the CLI (another part of issue 15): drop it from
-# PENDING once it is.
-PENDING = {"api.md", "compare.md"}  # api.md: tests/test_docs_api.py
+PENDING = {"api.md"}  # tests/test_docs_api.py
 DOCS = [ROOT / "README.md"] + sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in PENDING)
 _FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 BASE = {"data": {"name": "mnist", "pad_to": 32, "limit_train": 300, "limit_test": 100},
@@ -134,8 +132,36 @@ def _shrink(recipe: Path) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
+# Run folders the docs' commands write (runs/t4, runs/tracked, ...) and later blocks read: one shared folder, so that
+# docs/compare.md's `torchslim compare runs/t4 runs/t8` finds what its earlier block ran.
+_RUNS: dict[str, Path] = {}
+
+
+@pytest.fixture
+def runs_root(tmp_path_factory) -> Path:
+    if "root" not in _RUNS:
+        _RUNS["root"] = tmp_path_factory.mktemp("doc-runs")
+    return _RUNS["root"]
+
+
+def _quick_run(argv: list[str], out: Path) -> int:
+    """`torchslim run` of an embedded-data recipe as the docs write it, shrunk, into `out`."""
+    args = _parser().parse_args(argv)
+    sets = [a for s in args.overrides for a in ("--set", s)]
+    return main(["run", args.recipe, *sets, "--out", str(out), "--force", "--quiet", *_shrink(ROOT / args.recipe)])
+
+
+def _ensure_runs(code: str, root: Path) -> None:
+    """The runs a python block reads, made as the shell blocks before it make them (when those did not run here)."""
+    wanted = {"runs/t4": [], "runs/t8": ["--set", "stages.distill.temperature=8"],
+              "runs/tracked": ["--set", "log={mlflow: {experiment: digits}}"]}
+    for name, sets in wanted.items():
+        if name in code and not (root / name / "report.json").is_file():
+            assert _quick_run(["run", "recipes/digits.yaml", *sets], root / name) == 0
+
+
 @pytest.mark.parametrize("doc, line, code", _blocks({"bash", "sh", "shell", ""}))
-def test_shell_block_commands_work(doc, line, code, tmp_path, monkeypatch, capsys):
+def test_shell_block_commands_work(doc, line, code, tmp_path, monkeypatch, capsys, runs_root):
     monkeypatch.chdir(ROOT)  # the commands are written for the repo root
     where = f"{doc.name}, the shell block at line {line}"
     for words in _commands(code):
@@ -157,9 +183,13 @@ def test_shell_block_commands_work(doc, line, code, tmp_path, monkeypatch, capsy
             check = ["validate", args.recipe] + [a for s in args.overrides for a in ("--set", s)]
             assert main(check) == 0, f"{where}: {' '.join(words)}: {capsys.readouterr().err}"
             if args.command == "run" and args.recipe in QUICK_RUN:
-                out = ["--out", str(tmp_path / "out"), "--force", "--quiet"]
-                assert main(["run", *check[1:], *out, *_shrink(ROOT / args.recipe)]) == 0, \
-                    f"{where}: {' '.join(words)} (shrunk): {capsys.readouterr().err}"
+                out = runs_root / args.out if args.out else tmp_path / "out"
+                assert _quick_run(argv, out) == 0, f"{where}: {' '.join(words)} (shrunk): {capsys.readouterr().err}"
+        elif args.command == "compare":  # on the runs the block's earlier commands made; a missing one is the error
+            runs = [str(runs_root / r) for r in args.runs]
+            want = 0 if all((runs_root / r).is_dir() for r in args.runs) else 2
+            got = main(["compare", *runs, "--out", str(runs_root / args.out)])
+            assert got == want, f"{where}: {' '.join(words)} exited {got}: {capsys.readouterr().err}"
         capsys.readouterr()
 
 
@@ -181,6 +211,12 @@ def _one_epoch(self, **kw):
     kw["epochs"] = min(kw.get("epochs", 1), 1)
     _init(self, **kw)
 _TrainConfig.__init__ = _one_epoch
+from torchslim.distillation.datafree import DataFreeConfig as _DataFreeConfig
+_df_init = _DataFreeConfig.__init__
+def _few_iterations(self, **kw):                   # a data-free epoch is `iterations` steps: a few will do
+    kw["iterations"] = min(kw.get("iterations", 5), 5)
+    _df_init(self, **kw)
+_DataFreeConfig.__init__ = _few_iterations
 from pathlib import Path as _Path
 _code = _Path(sys.argv[1]).read_text(encoding="utf-8")
 _given = _code.splitlines()[0].removeprefix("# given:").strip() if _code.startswith("# given:") else ""
@@ -188,8 +224,11 @@ exec(compile(_given + "\\n" + _code, sys.argv[1], "exec"), {"__name__": "__main_
 '''
 
 
-def _prepare(code: str, folder: Path) -> None:
-    """What a block reads that an earlier command in the README would have written."""
+def _prepare(code: str, folder: Path, runs_root: Path) -> None:
+    """What a block reads that an earlier command in the README or its doc would have written."""
+    if "runs/" in code and "runs/sst2" not in code:
+        _ensure_runs(code, runs_root)
+        (folder / "runs").symlink_to(runs_root / "runs", target_is_directory=True)
     if "runs/sst2/tokenizer.json" in code:
         from torchslim.data import load_dataset
 
@@ -204,8 +243,8 @@ NOT_RUN = {"report.md"}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("doc, line, code", [p for p in _blocks({"python"}) if p.values[0].name not in NOT_RUN])
-def test_python_block_runs(doc, line, code, tmp_path):
-    _prepare(code, tmp_path)
+def test_python_block_runs(doc, line, code, tmp_path, runs_root):
+    _prepare(code, tmp_path, runs_root)
     (tmp_path / "block.py").write_text(code, encoding="utf-8")
     (tmp_path / "harness.py").write_text(HARNESS, encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1",
