@@ -30,7 +30,7 @@ def _smooth_l1(a, b):
 
 def test_registry_lists_every_loss_with_its_repdistiller_weight():
     weights = {n: LOSSES.get(n).default_weight for n in LOSSES.names()}
-    assert weights == {"attention": 1000.0, "ce": 1.0, "crd": 0.8, "fitnet": 100.0, "fsp": 50.0, "kd": 1.0,
+    assert weights == {"attention": 1000.0, "ce": 1.0, "crd": 0.8, "embedding": 1.0, "fitnet": 100.0, "fsp": 50.0, "kd": 1.0,
                        "rkd": 1.0, "similarity": 3000.0}
 
 

@@ -47,3 +47,28 @@ def test_example_inputs_and_input_shape_export_the_same_model(tmp_path):
         export_qdq(qmodel, tmp_path / "c.onnx")
     with pytest.raises(TorchslimError, match="export_qdq: give exactly one of input_shape"):
         export_qdq(qmodel, tmp_path / "c.onnx", (1, 8, 8), example_inputs=x[:1])
+
+
+def test_dynamic_int8_leaves_excluded_nodes_in_float(tmp_path):
+    """`exclude` keeps the named MatMul in float (one integer MatMul fewer); a pattern matching nothing is an error."""
+    import onnx
+
+    import torchslim as ts
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    x = torch.randn(8, 16)
+
+    def integer_nodes(path):
+        return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in ("MatMulInteger",
+                                                                                    "DynamicQuantizeMatMul")]
+
+    full = ts.quantize(model, ts.DynamicInt8Config(), [(x, torch.zeros(8))], tmp_path / "all.onnx")
+    names = [n.name for n in onnx.load(str(tmp_path / "all.onnx")).graph.node]
+    assert len(integer_nodes(full.path)) == 2, names
+    part = ts.quantize(model, ts.DynamicInt8Config(exclude=["/2/*"]), [(x, torch.zeros(8))],
+                       tmp_path / "part.onnx")
+    assert len(integer_nodes(part.path)) == 1
+    with pytest.raises(TorchslimError, match="matches no node"):
+        ts.quantize(model, ts.DynamicInt8Config(exclude=["*nonexistent*"]), [(x, torch.zeros(8))],
+                    tmp_path / "bad.onnx")

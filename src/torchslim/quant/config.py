@@ -33,9 +33,14 @@ class StaticInt8Config(Config):
 
 
 class DynamicInt8Config(Config):
-    """Post-training dynamic int8 for ONNX Runtime: int8 weights, activations quantized on the fly per batch."""
+    """Post-training dynamic int8 for ONNX Runtime: int8 weights, activations quantized on the fly per batch.
+
+    `exclude` lists shell-style patterns of ONNX node names (as the exported graph names them, e.g.
+    ``/model/encoder/layer.0/output/dense/MatMul``) left in float: the few layers whose int8 error matters most.
+    """
 
     per_channel: bool = False
+    exclude: list[str] = Field(default_factory=list, description="ONNX node-name globs left in float")
 
 
 class QuantConfig(Config):

@@ -117,8 +117,31 @@ def quantize_dynamic_int8(model: nn.Module, cfg: DynamicInt8Config, out_path: st
     out_path = Path(out_path)
     with _quantizable_onnx(model, input_shape, task=task, example=example) as prep:
         with atomic_path(out_path) as dst, _quiet_ort_logging():
-            quantize_dynamic(str(prep), str(dst), per_channel=cfg.per_channel, weight_type=QuantType.QInt8)
+            quantize_dynamic(str(prep), str(dst), per_channel=cfg.per_channel, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=_matching_nodes(prep, cfg.exclude))
     return out_path
+
+
+def _matching_nodes(path: Path, patterns: Sequence[str]) -> list[str]:
+    """Names of the ONNX graph's nodes that match any of the glob `patterns`; a pattern matching none is an error
+    naming a few of the node names there are (a typo must not silently quantize everything)."""
+    if not patterns:
+        return []
+    import fnmatch
+
+    import onnx
+
+    names = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.name]
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            quantizable = [n for n in names if n.rsplit("/", 1)[-1].startswith(("MatMul", "Gemm", "Conv"))]
+            raise TorchslimError(f"exclude pattern {pattern!r} matches no node of the exported graph; its "
+                                 f"MatMul/Gemm/Conv nodes include: {', '.join(quantizable[:6]) or '(none)'}")
+        matched += [n for n in hits if n not in matched]
+    # quantize_dynamic first rewrites each Gemm as a MatMul named `<gemm>_MatMul` (plus an Add): exclude that too.
+    return matched + [f"{n}_MatMul" for n in matched if n.rsplit("/", 1)[-1].startswith("Gemm")]
 
 
 def _first_inputs(data: Any) -> Any:
