@@ -184,6 +184,8 @@ def quantize(model: nn.Module, cfg: StaticInt8Config | DynamicInt8Config, data: 
     from torchslim.quant.export import QuantizationRecord
     from torchslim.records import as_info
 
+    if isinstance(data, Task):  # quantize(model, cfg, task, path): the task alone, nothing to calibrate or check on
+        task, data = data, None
     if hasattr(data, "train") and hasattr(data, "test"):  # a DataBundle
         task = task or getattr(data, "task", None)
         check = data.test.tensors[0] if hasattr(data.test, "tensors") else data.test
