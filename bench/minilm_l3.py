@@ -34,18 +34,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _log_to(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(message: str) -> None:
-        line = f"{time.strftime('%H:%M:%S')} {message}"
-        print(line, flush=True)
-        with open(path, "a") as f:
-            f.write(line + "\n")
-
-    return log
-
-
 def embed(model, ids, batch_size: int = 256):
     """Embeddings of token ids N×L in length-sorted chunks (the encoder masks padding, so this only saves time)."""
     from sst2_kd import logits_by_length
@@ -84,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import torchslim as ts
-    from sst2_kd import Batches, _hf_path
+    from sst2_kd import Batches, _hf_path, _log_to
     from torchslim.distillation import embedding_loss
     from torchslim.tasks import cosine_rows
 
