@@ -189,3 +189,14 @@ def test_evaluate_sentence_embeddings_by_cosine_to_the_teacher_in_pytorch_and_on
     assert by["student"]["metrics"]["cosine"] == pytest.approx(want, abs=1e-5)
     assert by["student onnx"]["metrics"]["cosine"] == pytest.approx(want, abs=1e-4)
     assert "cosine" in ev.table().splitlines()[0]
+
+
+def test_tokenizer_or_length_the_model_cannot_read_is_a_one_line_error(tmp_path):
+    path, _ = _tiny_bert(tmp_path)  # vocabulary 40, 32 positions
+    m = ts.load_hf_classifier(path)
+    ts.check_text_inputs(m, vocab_size=40, max_length=32)  # what it can read passes
+    with pytest.raises(TorchslimError, match="tokenizer does not match the model: it makes ids up to 13822, the "
+                                             "model's embedding table has 40 rows"):
+        ts.check_text_inputs(m, vocab_size=13823, max_length=16)
+    with pytest.raises(TorchslimError, match=r"max_length 128 is longer than the model's maximum sequence length 32"):
+        ts.check_text_inputs(m, vocab_size=40, max_length=128)

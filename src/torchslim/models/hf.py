@@ -225,3 +225,24 @@ def save_hf_model(model: nn.Module, path: str | os.PathLike, tokenizer_from: str
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_text_inputs(model: nn.Module, vocab_size: int, max_length: int) -> None:
+    """Refuse, in one line, token ids a Hugging Face model cannot read: a tokenizer whose vocabulary is larger than
+    the model's embedding table (a tokenizer that does not match the model: ids past the table would crash or, worse,
+    read the wrong rows) or sequences longer than its position embeddings.
+
+    Example:
+        >>> check_text_inputs(model, data.task.vocab_size, data.task.max_length)   # doctest: +SKIP
+    """
+    config = getattr(_transformer(model), "config", None)
+    if config is None:
+        return
+    table = getattr(config, "vocab_size", None)
+    if table is not None and vocab_size > table:
+        raise TorchslimError(f"the tokenizer does not match the model: it makes ids up to {vocab_size - 1}, the model's "
+                             f"embedding table has {table} rows; tokenize with the model's own tokenizer.json")
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and max_length > limit:
+        raise TorchslimError(f"max_length {max_length} is longer than the model's maximum sequence length {limit} "
+                             f"(max_position_embeddings); use max_length <= {limit}")
