@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "embeddings": emb,
         }
     ref = torch.cat([quality["teacher"]["embeddings"]["sst2"], quality["teacher"]["embeddings"]["sms_spam"]])
-    held_out = torch.cat([sst2.test.tensors[0], sms.test.tensors[0][:, :128]])
+    held_out = torch.cat([sst2.test.tensors[0], sms.test.tensors[0]])  # both padded to 128
     stu = torch.cat([quality["student"]["embeddings"]["sst2"], quality["student"]["embeddings"]["sms_spam"]])
     cos_student = float(cosine_rows(stu.numpy(), ref.numpy()).mean())
     log(f"student: mean cosine to the teacher {cos_student:.4f}; probes teacher/student: sst2 "

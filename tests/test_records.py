@@ -100,7 +100,7 @@ def test_the_report_imports_no_family():
     tree = ast.parse((SRC / "evaluation" / "report.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
-    assert {m for m in imported if m.startswith("torchslim")} == {"torchslim.io", "torchslim.records"}
+    assert {m for m in imported if m.startswith("torchslim")} == {"torchslim.formatting", "torchslim.io", "torchslim.records"}
 
 
 def test_the_report_renders_a_record_it_has_never_heard_of(tmp_path):

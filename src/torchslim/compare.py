@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from torchslim.errors import TorchslimError
+from torchslim.formatting import DASH as _DASH
+from torchslim.formatting import fmt_kb as _fmt_kb
+from torchslim.formatting import fmt_ms as _fmt_ms
+from torchslim.formatting import fmt_si as _fmt_si
 
 __all__ = ["Comparison", "Run", "compare_runs"]
 
-_DASH = "—"
 _FRACTIONS = ("accuracy", "macro_f1")  # metrics stored as fractions and shown as percentages
 # Markers for runs (colours come from matplotlib's cycle), so a printout in grey still tells the runs apart.
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
@@ -335,23 +338,6 @@ def _fmt_metric(name: str, value: float | None, percent_sign: bool = True) -> st
     if name in _FRACTIONS:
         return f"{100 * value:.2f}" + ("%" if percent_sign else "")
     return f"{value:.4g}"
-
-
-def _fmt_kb(n: Any) -> str:
-    return _DASH if not isinstance(n, (int, float)) else f"{n / 1000:,.1f}"
-
-
-def _fmt_si(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return _DASH
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return str(n)
-
-
-def _fmt_ms(x: float | None) -> str:
-    return _DASH if x is None else (f"{x:.3f}" if x < 10 else f"{x:.1f}")
 
 
 def _fmt_ratio(x: Any) -> str:

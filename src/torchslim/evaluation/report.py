@@ -28,10 +28,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from torchslim.formatting import DASH as _DASH
+from torchslim.formatting import fmt_kb as _fmt_kb
+from torchslim.formatting import fmt_ms as _fmt_ms
+from torchslim.formatting import fmt_si as _fmt_si
 from torchslim.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from torchslim.records import Record, json_text, jsonable, split_info
 
-_DASH = "—"
 _MARKERS = {"pytorch": "o", "onnxruntime": "s"}
 
 
@@ -73,25 +76,6 @@ def _batch_keys(records: list[dict]) -> list[str]:
 
 def _fmt_count(n: int | None) -> str:
     return _DASH if n is None else f"{n:,}"
-
-
-def _fmt_si(n: int | None) -> str:
-    if n is None:
-        return _DASH
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return str(n)
-
-
-def _fmt_kb(n: int | None) -> str:
-    return _DASH if n is None else f"{n / 1000:,.1f}"
-
-
-def _fmt_ms(x: float | None) -> str:
-    if x is None:
-        return _DASH
-    return f"{x:.3f}" if x < 10 else f"{x:.1f}"
 
 
 def _fmt_ratio(x: float | None) -> str:
