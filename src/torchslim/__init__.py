@@ -23,7 +23,7 @@ _EXPORTS = {
     "load_hf_classifier": "torchslim.models.hf", "HFSequenceClassifier": "torchslim.models.hf",
     "load_hf_encoder": "torchslim.models.hf", "HFSentenceEncoder": "torchslim.models.hf",
     "drop_layers": "torchslim.models.hf", "save_hf_model": "torchslim.models.hf",
-    "check_text_inputs": "torchslim.models.hf",
+    "check_text_inputs": "torchslim.models.hf", "transformer_layers": "torchslim.models.hf",
     "train": "torchslim.training", "fit": "torchslim.training", "TrainConfig": "torchslim.training",
     "accuracy_of": "torchslim.training",
     "distill": "torchslim.distillation", "KDConfig": "torchslim.distillation", "kd_loss": "torchslim.distillation",

@@ -157,6 +157,20 @@ def _layer_list(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
                          f"models")
 
 
+def transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The transformer blocks of a Hugging Face model (or of a torchslim wrapper around one), in order: where
+    layer dropping, hidden-state distillation and head pruning find them.
+
+    Example:
+        >>> from transformers import BertConfig, BertModel
+        >>> cfg = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+        ...                  intermediate_size=32)
+        >>> len(transformer_layers(HFSentenceEncoder(BertModel(cfg))))
+        3
+    """
+    return _layer_list(_transformer(model))[2]
+
+
 def drop_layers(model: nn.Module, keep: list[int]) -> nn.Module:
     """Keep only the transformer layers at the indices `keep` (in that order), in place; returns `model`.
 
