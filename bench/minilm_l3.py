@@ -53,6 +53,8 @@ def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--keep", nargs="+", type=int, default=[0, 2, 4], help="teacher layers the student keeps")
+    p.add_argument("--ffn-keep", type=int, default=None,
+                   help="also keep only this many feed-forward neurons per block (ts.prune_ffn_, before distilling)")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--batch-size", type=int, default=64)
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-train", type=int, default=20000, help="SST-2 training sentences the probe is fitted on")
     p.add_argument("--keep-float", nargs="*", default=None,
                    help="ONNX node-name globs left in float in an extra int8 variant (default: none tried)")
+    p.add_argument("--sensitivity-rows", type=int, default=256, help="held-out sentences of the int8 sensitivity")
+    p.add_argument("--float-worst", type=int, default=3,
+                   help="MatMuls left in float in the per-tensor variant: the most sensitive ones")
     p.add_argument("--threads", type=int, default=2, help="torch threads for training and embedding")
     p.add_argument("--latency-seconds", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
@@ -102,7 +107,15 @@ def main(argv: list[str] | None = None) -> int:
     log(f"teacher embeddings: {tuple(target.shape)} in {teacher_embed_s:.0f} s")
 
     student = ts.drop_layers(ts.load_hf_encoder(path), keep=list(args.keep))
-    ckpt = out / f"student-L{len(args.keep)}-{'-'.join(map(str, args.keep))}-e{args.epochs}-{len(text)}.safetensors"
+    ffn = ""
+    if args.ffn_keep:
+        # Importance from 2,048 training texts (real tokens only), before any distillation.
+        calib = [text[k:k + 64] for k in range(0, min(len(text), 2048), 64)]
+        info = ts.prune_ffn_(student, keep=args.ffn_keep, calibration=calib)
+        log(f"feed-forward neurons: {info['width']} → {info['kept']} per block (activation × weight importance)")
+        ffn = f"-ffn{args.ffn_keep}"
+    ckpt = out / (f"student-L{len(args.keep)}-{'-'.join(map(str, args.keep))}{ffn}-e{args.epochs}-{len(text)}"
+                  f".safetensors")
     t0 = time.perf_counter()
     if ckpt.is_file():
         ts.load_checkpoint(student, ckpt)
@@ -119,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         ts.save_checkpoint(student, ckpt)
     distill_s = time.perf_counter() - t0
     student.eval()
-    hf_dir = ts.save_hf_model(student, out / f"all-MiniLM-L{len(args.keep)}", tokenizer_from=path)
+    hf_dir = ts.save_hf_model(student, out / f"all-MiniLM-L{len(args.keep)}{ffn}", tokenizer_from=path)
     log(f"student written as a Hugging Face directory: {hf_dir}")
 
     # Quality: cosine to the teacher on held-out sentences; linear probes on frozen embeddings.
@@ -144,17 +157,29 @@ def main(argv: list[str] | None = None) -> int:
 
     # ONNX: fp32 exports and int8 variants; each int8 file judged against its own fp32 model.
     task = ts.get_task("sentence-embedding", vocab_size=teacher.model.config.vocab_size, max_length=128)
-    ship = out / "ship"
+    ship = out / f"ship{ffn}"
     ship.mkdir(parents=True, exist_ok=True)
     files = {"teacher ORT fp32": ts.export_onnx(teacher, ship / "teacher.fp32.onnx", task=task),
              "student ORT fp32": ts.export_onnx(student, ship / "student.fp32.onnx", task=task)}
     int8 = {"student ORT int8 (per-tensor)": ts.DynamicInt8Config(),
             "student ORT int8 (per-channel)": ts.DynamicInt8Config(per_channel=True)}
+    # Which MatMuls lose the fidelity: each one quantized alone (per-tensor), the embeddings' cosine to fp32.
+    probe_ids = held_out[:: max(1, len(held_out) // args.sensitivity_rows)][:args.sensitivity_rows]
+    sensitivity = int8_sensitivity(student, task, files["student ORT fp32"], probe_ids, ship / "sensitivity")
+    worst = [n for n, _ in sorted(sensitivity.items(), key=lambda kv: kv[1])[:args.float_worst]]
+    log("int8 sensitivity (cosine to fp32 with only this MatMul in int8, per-tensor), worst first: "
+        + ", ".join(f"{n} {c:.4f}" for n, c in sorted(sensitivity.items(), key=lambda kv: kv[1])[:6]))
+    int8[f"student ORT int8 (per-tensor, {len(worst)} most sensitive MatMuls in float)"] = ts.DynamicInt8Config(
+        exclude=worst)
     if args.keep_float:
         int8[f"student ORT int8 (per-channel, float: {' '.join(args.keep_float)})"] = ts.DynamicInt8Config(
             per_channel=True, exclude=list(args.keep_float))
+    int8["student ORT int8 static QDQ (per-channel, minmax calibration)"] = ts.StaticInt8Config(
+        calibration_batches=8, calibration_batch_size=32)
+    calib = sst2.train.tensors[0][:256]
     for i, (name, cfg) in enumerate(int8.items()):
-        files[name] = ts.quantize(student, cfg, None, ship / f"student.int8-{i}.onnx", name=name, task=task)
+        files[name] = ts.quantize(student, cfg, None, ship / f"student.int8-{i}.onnx", name=name, task=task,
+                                  calibration=calib if isinstance(cfg, ts.StaticInt8Config) else None)
     test = torch.utils.data.TensorDataset(held_out, ref)
     artifacts = {"teacher": teacher, "student": student, **files}
     log(f"evaluate: {len(artifacts)} artifacts, 1 thread, batch 1, sequence 128")
@@ -174,12 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     best = max((n for n in vs_own_fp32), key=lambda n: (vs_own_fp32[n]["cosine"] >= 0.99, speed[n]))
     result = {
         "command": command, "seconds": round(time.perf_counter() - t_start, 1), "machine": ts.machine_info(),
-        "keep": args.keep, "epochs": args.epochs, "lr": args.lr, "text_rows": len(text),
+        "keep": args.keep, "ffn_keep": args.ffn_keep, "epochs": args.epochs, "lr": args.lr, "text_rows": len(text),
         "minutes": {"teacher_embeddings": round(teacher_embed_s / 60, 1), "distillation": round(distill_s / 60, 1)},
         "cosine_student_to_teacher": cos_student,
         "probes": {k: {m: v[m] for m in ("probe_sst2", "probe_sms_spam")} for k, v in quality.items()},
         "retention_sst2": quality["student"]["probe_sst2"] / quality["teacher"]["probe_sst2"],
-        "int8_vs_own_fp32": vs_own_fp32, "chosen_int8": best,
+        "int8_vs_own_fp32": vs_own_fp32, "chosen_int8": best, "int8_sensitivity": sensitivity,
+        "float_in_per_tensor_variant": worst,
         "speedup_over_teacher_eager_b1": speed,
         "speedup_over_teacher_ort_b1": {n: p50("teacher ORT fp32") / p50(n) for n in records},
         "evaluation": list(records.values()),
@@ -188,13 +214,45 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def int8_sensitivity(model, task, fp32_path, ids, folder) -> dict:
+    """Cosine of the embeddings to the fp32 file's when only one MatMul (with a weight) is quantized (dynamic,
+    per-tensor), for each such MatMul: the low ones are where int8 loses the fidelity."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    import torchslim as ts
+    from torchslim.tasks import cosine_rows
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    matmuls = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in weights]
+
+    def embed(path):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        name = s.get_inputs()[0].name
+        return np.concatenate([s.run(None, {name: ids[k:k + 64].numpy()})[0] for k in range(0, len(ids), 64)])
+
+    ref = embed(fp32_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for node in matmuls:
+        cfg = ts.DynamicInt8Config(exclude=[n for n in matmuls if n != node])
+        path = ts.quantize(model, cfg, None, folder / "one.onnx", task=task).path
+        out[node] = float(cosine_rows(embed(path), ref).mean())
+    return out
+
+
 def write(args, result: dict, table: str) -> None:
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     pr, s, so = result["probes"], result["speedup_over_teacher_eager_b1"], result["speedup_over_teacher_ort_b1"]
     best, own = result["chosen_int8"], result["int8_vs_own_fp32"]
-    md = [f"# all-MiniLM-L6-v2 → L{len(result['keep'])} (layers {result['keep']}): `{result['command']}`", "",
+    ffn = f", feed-forward {result['ffn_keep']} of 1536 neurons per block" if result.get("ffn_keep") else ""
+    md = [f"# all-MiniLM-L6-v2 → L{len(result['keep'])} (layers {result['keep']}{ffn}): `{result['command']}`", "",
           f"This command: {result['seconds'] / 60:.0f} min on {result['machine'].get('processor')} "
           f"({result['machine']['cpu_count']} cores), torch {result['machine']['torch']}, onnxruntime "
           f"{result['machine']['onnxruntime']}. Embedding distillation: {result['text_rows']:,} unlabelled training "
@@ -213,8 +271,15 @@ def write(args, result: dict, table: str) -> None:
     for name, m in own.items():
         md.append(f"| {name}{' **(chosen)**' if name == best else ''} | {m['cosine']:.4f} | {m['cosine_min']:.4f} | "
                   f"{100 * m['share_at_0.99']:.1f}% | {s[name]:.2f}× | {so[name]:.2f}× |")
+    sens = sorted(result["int8_sensitivity"].items(), key=lambda kv: kv[1])
     md += ["", f"Student fp32 in PyTorch eager over the teacher in eager: {s['student']:.2f}× at batch 1, sequence 128,"
-           " 1 thread (p50 ratios, one run).", "", "## Evaluation (cosine to the teacher's embeddings)", "", "```",
+           " 1 thread (p50 ratios, one run).", "",
+           "## Where per-tensor int8 loses the fidelity", "",
+           f"Each of the {len(sens)} MatMuls with a weight quantized alone (dynamic, per-tensor; all others float): "
+           "the mean cosine of the embeddings to fp32, the worst first.", "",
+           "| MatMul | cosine to fp32 |", "|---|---:|"] + [f"| `{n}` | {c:.4f} |" for n, c in sens[:8]] + [
+           "", f"The {len(result['float_in_per_tensor_variant'])} worst are the ones left in float in the "
+           "per-tensor variant above.", "", "## Evaluation (cosine to the teacher's embeddings)", "", "```",
            table, "```"]
     (out / f"{args.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

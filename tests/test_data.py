@@ -148,7 +148,8 @@ def test_digits_needs_no_data_folder(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_unknown_dataset_suggests_the_close_name() -> None:
     with pytest.raises(TorchslimError, match=r"unknown dataset 'mnsit' \(did you mean 'mnist'\?\).*cifar10"):
         load_dataset("mnsit")
-    assert DATASETS.names() == ["cifar10", "csv", "digits", "fashion-mnist", "image-folder", "mnist", "sms_spam", "sst2"]
+    assert DATASETS.names() == ["cifar10", "csv", "digits", "fashion-mnist", "image-folder", "mnist", "sms_spam", "sst2",
+                                "text-file", "tinyshakespeare"]
 
 
 def test_resolve_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

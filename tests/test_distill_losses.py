@@ -31,7 +31,10 @@ def _smooth_l1(a, b):
 def test_registry_lists_every_loss_with_its_repdistiller_weight():
     weights = {n: LOSSES.get(n).default_weight for n in LOSSES.names()}
     assert weights == {"attention": 1000.0, "ce": 1.0, "crd": 0.8, "embedding": 1.0, "fitnet": 100.0, "fsp": 50.0, "kd": 1.0,
-                       "rkd": 1.0, "similarity": 3000.0}
+                       "rkd": 1.0, "similarity": 3000.0,
+                       # transformers (TinyBERT, MiniLM) and language models (token-level KL): unit weights
+                       "attention-kl": 1.0, "hidden": 1.0, "minilm-v2": 1.0, "value-relation": 1.0,
+                       "forward-kl": 1.0, "reverse-kl": 1.0, "jsd": 1.0}
 
 
 def test_kd_and_ce_terms_match_hand_computation():
@@ -251,7 +254,7 @@ def test_gradient_reaches_the_student(spec):
 
 
 @pytest.mark.parametrize("entry,expected", [
-    ({"name": "fitnt"}, "unknown loss 'fitnt' (did you mean 'fitnet'?); valid choices: attention, ce, crd"),
+    ({"name": "fitnt"}, "unknown loss 'fitnt' (did you mean 'fitnet'?); valid choices: attention, attention-kl, ce, crd"),
     ({"name": "kd", "temprature": 3}, "unknown option 'temprature' of loss 'kd' (did you mean 'temperature'?)"),
     ({"name": "crd", "student": "a", "teacher": "b", "negatives": 0}, "loss 'crd' option negatives: Input should be greater"),
     ({"name": "fitnet", "student": "a"}, "loss 'fitnet' needs one module name in `teacher:`, got 0"),

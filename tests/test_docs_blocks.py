@@ -2,7 +2,8 @@
 
 - ```yaml blocks: a whole recipe (it has `data:` or `version:`) is validated as it stands (data loaded, models built,
   checkpoints load-checked); a fragment (a stage list, or a few sections) is validated inside a small base recipe.
-  Checkpoint files a fragment names are made first (a fresh model of that kind), so their loading is checked too.
+  Checkpoint files a fragment names are made first (a fresh model of that kind), so their loading is checked too;
+  so are the Hugging Face directories (`hf:`) a recipe names (a tiny random BERT with a word-level tokenizer).
 - shell blocks: every `torchslim ...` command (also `python -m torchslim`, `torchrun ... -m torchslim`) parses;
   `list` and `validate` run; `run` is validated with its `--set`s, and the recipe file it names must exist; a `run`
   of an embedded-data recipe is executed, shrunk by extra `--set`s. `make` targets must exist in the Makefile.
@@ -76,12 +77,36 @@ def _make_checkpoints(recipe: dict, folder: Path) -> None:
             save_checkpoint(model, folder / spec["checkpoint"])
 
 
+_WORDS = ("the a an and of to is it was film movie story good great bad dull fun not very plot acting one this that "
+          "with for as but by on at his her its").split()
+
+
+def _make_hf_dirs(recipe: dict, folder: Path) -> None:
+    """Hugging Face directories (`hf:`) stand for the reader's own model: a tiny random BERT with a word-level
+    tokenizer.json is made where a relative path names one that is not there."""
+    specs = [recipe.get("teacher"), recipe.get("student")] + list(recipe.get("teachers") or [])
+    for spec in filter(None, specs):
+        hf = spec.get("hf")
+        if not hf or Path(hf).is_absolute() or (folder / hf).exists():
+            continue
+        transformers = pytest.importorskip("transformers")
+        tokenizers = pytest.importorskip("tokenizers")
+        vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *_WORDS]
+        cfg = transformers.BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=6,
+                                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=512)
+        transformers.BertModel(cfg).save_pretrained(folder / hf)
+        tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="[UNK]"))
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+        (folder / hf / "tokenizer.json").write_text(tok.to_str())
+
+
 @pytest.mark.parametrize("doc, line, code", _blocks({"yaml"}))
 def test_yaml_block_validates(doc, line, code, tmp_path, monkeypatch, capsys):
     recipe = _as_recipe(yaml.safe_load(code))
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT))  # `factory: examples.own_model:build` is imported from the repo root
     _make_checkpoints(recipe, tmp_path)
+    _make_hf_dirs(recipe, tmp_path)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     code = main(["validate", str(path)])

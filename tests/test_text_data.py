@@ -90,7 +90,7 @@ def test_load_tokenizer_refuses_foreign_and_corrupt_files(tmp_path: Path) -> Non
     with pytest.raises(TorchslimError, match="not a saved torchslim tokenizer"):
         load_tokenizer(tmp_path / "b.json")
     (tmp_path / "c.json").write_text(json.dumps({"format": "torchslim-tokenizer", "version": 1, "kind": "bpe"}))
-    with pytest.raises(TorchslimError, match="unknown tokenizer kind 'bpe'; valid choices: char, hf, word"):
+    with pytest.raises(TorchslimError, match="unknown tokenizer kind 'bpe'; valid choices: char, hf, lm-char, word"):
         load_tokenizer(tmp_path / "c.json")
     with pytest.raises(TorchslimError, match="not found"):
         load_tokenizer(tmp_path / "missing.json")

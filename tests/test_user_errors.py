@@ -49,7 +49,7 @@ CASES = {
         lambda tmp: {"data": {"name": "csv",
                               "path": _csv(tmp, "text,label\n" + "".join(f"w{i % 5},{i % 2}\n" for i in range(20)))},
                      "teacher": {"model": "lenet5"}},
-        "models for it: bilstm, textcnn"),
+        "models for it: bert, bilstm, textcnn"),
 }
 
 

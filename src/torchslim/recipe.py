@@ -38,8 +38,9 @@ class DataSpec(Config):
     pad_to: int | None = Field(None, ge=1, le=1024, description="zero-pad images to this size (e.g. 32 for LeNet-5-classic)")
     limit_train: int | None = Field(None, ge=1)
     limit_test: int | None = Field(None, ge=1)
-    # A user's own files (name: csv or image-folder).
-    path: str | None = Field(None, description="csv / tsv / jsonl text file, or a folder of class folders")
+    # A user's own files (name: csv, image-folder or text-file).
+    path: str | None = Field(None, description="csv / tsv / jsonl text file, a .txt (text-file), or a folder of "
+                                                  "class folders")
     test_path: str | None = Field(None, description="a separate test file (default: a fixed 20% of `path`)")
     text_column: str | int | None = Field(None, description="column of the text: a header name or a 0-based index")
     label_column: str | int | None = Field(None, description="column of the label: a header name or a 0-based index")
@@ -52,31 +53,55 @@ class DataSpec(Config):
     max_vocab: int | None = Field(None, ge=2, description="keep the most frequent words (default: all)")
     min_freq: int | None = Field(None, ge=1, description="drop words seen fewer times in training (default 1)")
     lowercase: bool | None = Field(None, description="lowercase text before tokenizing (default true)")
+    task: Literal["sentence-embedding"] | None = Field(None, description="sentence-embedding: text judged by cosine "
+                                                                          "to the teacher's embeddings, labels "
+                                                                          "unused (default: the data's own task)")
+    # Plain text for language models (tinyshakespeare, text-file).
+    block_size: int | None = Field(None, ge=1, le=8192, description="tokens per block (default 128)")
+    stride: int | None = Field(None, ge=1, description="characters between training windows (default block_size)")
 
     def load_options(self) -> dict[str, Any]:
         """Keyword arguments of `torchslim.data.load_dataset`: the name and every field that is set."""
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        return {k: v for k, v in self.model_dump(exclude={"task"}).items() if v is not None}
 
 
 class ModelSpec(Config):
     model: str | None = Field(None, description="a zoo model: torchslim list models")
     factory: str | None = Field(None, description="'module:function' that builds your own nn.Module (runs your code; "
                                                   "imported from the working directory or PYTHONPATH)")
+    hf: str | None = Field(None, description="a local Hugging Face model directory (config.json + weights, read "
+                                             "offline): a sequence classifier for text-classification, an encoder "
+                                             "for sentence-embedding; tokenize the data with its tokenizer.json")
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the model or factory")
+    keep_layers: list[int] | None = Field(None, min_length=1, description="keep only these transformer layers, in "
+                                                                         "this order (layer dropping: DistilBERT "
+                                                                         "keeps every other one)")
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        given = [k for k in self._sources() if getattr(self, k) is not None]
+        given = [k for k in self._sources() if getattr(self, k) not in (None, False)]
         if len(given) != 1:
             raise ValueError(f"give exactly one of {', '.join(self._sources())}"
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
 
     def _sources(self) -> tuple[str, ...]:
-        return ("model", "factory")
+        return ("model", "factory", "hf")
 
     def describe(self) -> str:
-        return self.model or f"factory {self.factory}"
+        return self.model or (f"factory {self.factory}" if self.factory else f"hf {self.hf}")
+
+
+class StudentSpec(ModelSpec):
+    from_teacher: bool = Field(False, description="start from a copy of the trained teacher (with keep_layers: a "
+                                                  "layer-dropped student, as DistilBERT)")
+
+    def _sources(self) -> tuple[str, ...]:
+        return ("model", "factory", "hf", "from_teacher")
+
+    def describe(self) -> str:
+        return "the teacher" + (f", layers {self.keep_layers}" if self.keep_layers else "") if self.from_teacher \
+            else super().describe()
 
 
 class TeacherSpec(ModelSpec):
@@ -86,7 +111,7 @@ class TeacherSpec(ModelSpec):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
     def _sources(self) -> tuple[str, ...]:
-        return ("model", "factory", "onnx")
+        return ("model", "factory", "hf", "onnx")
 
     def describe(self) -> str:
         return f"onnx {self.onnx}" if self.onnx else super().describe()
@@ -112,7 +137,7 @@ class Recipe(Config):
     data: DataSpec = Field(default_factory=DataSpec)
     teacher: TeacherSpec | None = None
     teachers: list[NamedTeacherSpec] = Field(default_factory=list, description="further teachers, each named")
-    student: ModelSpec | None = None
+    student: StudentSpec | None = None
     stages: list[AnyStage] = Field(default_factory=list)
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     log: LogSpec = Field(default_factory=LogSpec, description="experiment trackers to send the run to "
@@ -131,6 +156,16 @@ class Recipe(Config):
             if teacher_names.count(t.name) > 1:
                 raise ValueError(f"teachers[{i}].name: two teachers are named '{t.name}'"
                                  + (" (`teacher:` is named 'teacher')" if t.name == "teacher" else ""))
+        if self.data.task == "sentence-embedding":
+            if self.teacher is None or self.teacher.onnx:
+                raise ValueError("data.task: sentence-embedding judges every model by its cosine to the teacher's "
+                                 "embeddings: give a `teacher:` with a model (e.g. hf: models/all-MiniLM-L6-v2)")
+            if "train" in self.teacher.model_fields_set:
+                raise ValueError("teacher.train: with data.task sentence-embedding the teacher's embeddings are the "
+                                 "targets, used as they are; drop `train:`")
+        if self.student is not None and self.student.from_teacher and (self.teacher is None or self.teacher.onnx):
+            raise ValueError("student.from_teacher: needs a `teacher:` with a model to copy"
+                             + (" (an ONNX teacher is a black box)" if self.teacher is not None else ""))
         # An ONNX teacher is a black box: distillation can use it, but no stage can start from it.
         have_model = any(not t.onnx for t in ([self.teacher] if self.teacher else []) + list(self.teachers))
         made_model = False
@@ -239,6 +274,13 @@ def _check_names_and_files(recipe: Recipe) -> None:
                 import_factory(spec.factory)
         except TorchslimError as e:
             raise TorchslimError(f"{role}.{'model' if spec.model is not None else 'factory'}: {e}") from None
+        if spec.hf is not None:
+            from torchslim.models.hf import check_hf_directory
+
+            try:
+                check_hf_directory(spec.hf)
+            except TorchslimError as e:
+                raise TorchslimError(f"{role}.hf: {e}") from None
         for key in ("checkpoint", "onnx"):
             value = getattr(spec, key, None)
             if value and not Path(value).is_file():

@@ -268,10 +268,19 @@ class TrainingRecord(Record):
             return []
         last = self.history[-1] if isinstance(self.history[-1], Mapping) else {}
         loss = last.get("loss")
+        # A task judged by another metric (causal-lm: val_perplexity, lower is better) chose the epoch by it.
+        metric = next((k for k in last if k.startswith("val_") and k != "val_accuracy" and not k.endswith("_raw")
+                       and number(last[k])), None)
         text = f"{len(self.history)} epoch{'s' if len(self.history) != 1 else ''}; last: " + ", ".join(
             [f"loss {loss:.4g}" if number(loss) else f"loss {DASH}",
-             f"train {percent(last.get('train_accuracy'))}", f"val {percent(last.get('val_accuracy'))}"])
-        if self.best_epoch is not None:
+             f"train {percent(last.get('train_accuracy'))}", f"val {percent(last.get('val_accuracy'))}"]
+            + ([f"val {metric.removeprefix('val_')} {last[metric]:.4g}"] if metric else []))
+        if self.best_epoch is not None and metric:
+            kept = next((h.get(metric) for h in self.history if isinstance(h, Mapping)
+                         and h.get("epoch") == self.best_epoch), None)
+            text += f"; kept epoch {self.best_epoch} (val {metric.removeprefix('val_')} " \
+                    f"{kept:.4g})" if number(kept) else f"; kept epoch {self.best_epoch}"
+        elif self.best_epoch is not None:
             text += f"; kept epoch {self.best_epoch} (val {percent(self.best_val_accuracy)})"
         rows = [("training", text)]
         if self.stopped:

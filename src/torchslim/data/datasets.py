@@ -35,6 +35,7 @@ from torchslim.data.base import (  # noqa: F401  (DataBundle, RawDataset, resolv
     _ROOT_HINT, DATASETS, SPLIT_SEED, DataBundle, RawDataset, _holdout_indices, _missing, _split_indices, _val_count,
     resolve_data_root,
 )
+from torchslim.data.lm_text import lm_bundle
 from torchslim.data.text import text_bundle
 from torchslim.errors import TorchslimError
 
@@ -69,6 +70,8 @@ def load_dataset(
     min_freq: int = 1,
     lowercase: bool = True,
     image_size: int | Sequence[int] | None = None,
+    block_size: int | None = None,
+    stride: int | None = None,
 ) -> DataBundle:
     """Load a registered data set, split off a validation set, and turn it into tensors: images padded and
     normalised, texts tokenized.
@@ -88,6 +91,11 @@ def load_dataset(
     tensors (0 = padding); by default the 99th percentile of training lengths rounded up to a multiple of 8, at most
     256. csv also takes ``path`` (.csv, .tsv, .jsonl), ``text_column``/``label_column`` (names from the header row,
     or 0-based indices for a file without one; default "text" and "label") and ``test_path`` (else a fixed 20%).
+
+    Plain text for language models (tinyshakespeare, text-file with ``path``: a .txt), character-level: blocks of
+    ``block_size`` tokens (default 128), training windows every ``stride`` characters (default ``block_size``); the
+    text's first 90% trains, the next 5% validates (``val_size``: a fraction of the text or a count of characters),
+    the last 5% tests (see :mod:`torchslim.data.lm_text`).
 
     Example:
         >>> data = load_dataset("digits", val_size=0, limit_train=100)
@@ -109,6 +117,7 @@ def load_dataset(
         "image": {"pad_to": pad_to is not None},
         "text": {"tokenizer": tokenizer != "word", "max_length": max_length is not None,
                  "max_vocab": max_vocab is not None, "min_freq": min_freq != 1, "lowercase": lowercase is not True},
+        "lm": {"block_size": block_size is not None, "stride": stride is not None},
     }
     loader_options = {key: value for key, value in (
         ("path", path), ("test_path", test_path), ("text_column", text_column), ("label_column", label_column),
@@ -121,6 +130,9 @@ def load_dataset(
             raise TorchslimError(f"option '{key}' does not apply to dataset '{name}' ({kind}); its options: "
                                  f"{', '.join(valid)}")
     raw = loader(root, **loader_options)
+    if kind == "lm":
+        return lm_bundle(name, raw, val_size=val_size, limit_train=limit_train, limit_test=limit_test,
+                         block_size=block_size, stride=stride)
     if kind == "text":
         return text_bundle(name, raw, val_size=val_size, limit_train=limit_train, limit_test=limit_test,
                            tokenizer=tokenizer, max_length=max_length, max_vocab=max_vocab, min_freq=min_freq,

@@ -259,6 +259,10 @@ class HFTokenizer:
     def vocab_size(self) -> int:
         return int(self._tok.get_vocab_size(with_added_tokens=True))
 
+    def get_vocab(self) -> dict[str, int]:
+        """Token → id, added tokens included: two tokenizers with the same vocab give the same ids."""
+        return dict(self._tok.get_vocab(with_added_tokens=True))
+
     def ids(self, text: str) -> list[int]:
         return list(self._tok.encode(text).ids)
 
@@ -312,8 +316,9 @@ def build_tokenizer(
     lowercase: bool = True,
 ) -> Tokenizer:
     """A tokenizer from its spec: ``"word"`` or ``"char"`` (vocabulary built from ``texts``, which should be the
-    training texts only), or the path of a local Hugging Face ``tokenizer.json`` (its own fixed vocabulary and
-    normaliser: ``texts``, ``max_vocab``, ``min_freq`` and ``lowercase`` do not apply).
+    training texts only), or the path of a local Hugging Face ``tokenizer.json`` or of the model directory holding
+    one (its own fixed vocabulary and normaliser: ``texts``, ``max_vocab``, ``min_freq`` and ``lowercase`` do not
+    apply).
 
     Example:
         >>> build_tokenizer("char", ["hello"], lowercase=False).vocab_size
@@ -326,6 +331,8 @@ def build_tokenizer(
             raise TorchslimError(f"lowercase must be true or false, got {lowercase!r}")
         return _KINDS[str(spec)].from_texts(texts, max_vocab=max_vocab, min_freq=min_freq, lowercase=lowercase)
     path = Path(spec).expanduser()
+    if path.is_dir() and (path / "tokenizer.json").is_file():  # a Hugging Face model directory: its own tokenizer
+        path = path / "tokenizer.json"
     if path.suffix != ".json":
         raise TorchslimError(f"unknown tokenizer '{spec}'; valid choices: word, char, or the path of a "
                              f"Hugging Face tokenizer.json")
@@ -361,8 +368,12 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
             raise TorchslimError(f"{path} is corrupt: 'vocab' must be a list of strings")
         return _KINDS[kind](vocab, lowercase=bool(state.get("lowercase", True)))
+    if kind == "lm-char":  # a character language model's vocabulary (torchslim.data.lm_text)
+        from torchslim.data.lm_text import CharVocabulary
+
+        return CharVocabulary(state.get("vocab") or [])
     if kind == "hf":
         if not isinstance(state.get("tokenizer_json"), str):
             raise TorchslimError(f"{path} is corrupt: 'tokenizer_json' must be the tokenizer.json text")
         return HFTokenizer(state["tokenizer_json"], source=str(state.get("source", "")) or str(path))
-    raise TorchslimError(f"{path} has unknown tokenizer kind {kind!r}; valid choices: char, hf, word")
+    raise TorchslimError(f"{path} has unknown tokenizer kind {kind!r}; valid choices: char, hf, lm-char, word")

@@ -70,7 +70,9 @@ class LossSpec(Config):
             if not isinstance(got, list):
                 continue  # pydantic reports the type
             if n == 0 and got:
-                raise ValueError(f"loss '{name}' compares logits, not features: drop `{key}:`")
+                what = ("finds the transformer layers itself (set them in its options)" if hasattr(loss, "attach")
+                        else "compares logits, not features")
+                raise ValueError(f"loss '{name}' {what}: drop `{key}:`")
             if n and len(got) != n:
                 example = "student: layer2, teacher: layer3" if n == 1 else "student: [layer1, layer2], teacher: [layer1, layer2]"
                 raise ValueError(f"loss '{name}' needs {'one module name' if n == 1 else f'{n} module names'} in "

@@ -173,12 +173,12 @@ def teacher_agreement(student: nn.Module, teachers: nn.Module | Mapping[str, nn.
 
     kd = kd or KDConfig()
     teachers = dict(teachers) if isinstance(teachers, Mapping) else {"teacher": teachers}
-    s = predict(student, x).argmax(1)
+    s = predict(student, x).argmax(-1)  # classes on the last axis: a causal LM's agreement is over tokens
     each = {name: predict(t, x) for name, t in teachers.items()}
     combined = combine_logits(list(each.values()), kd.teacher_weights, kd.teacher_combine, kd.kd_temperature())
-    out = {"combined": (s == combined.argmax(1)).float().mean().item()}
+    out = {"combined": (s == combined.argmax(-1)).float().mean().item()}
     if len(each) > 1:
-        out.update({name: (s == logits.argmax(1)).float().mean().item() for name, logits in each.items()})
+        out.update({name: (s == logits.argmax(-1)).float().mean().item() for name, logits in each.items()})
     return out
 
 

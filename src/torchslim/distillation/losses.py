@@ -34,8 +34,12 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
             temperature: float, alpha: float) -> torch.Tensor:
     """α·CE(student, labels) + (1−α)·T²·KL(p_teacher,T ‖ p_student,T), batch mean.
 
-    The T² factor keeps the soft term's gradient magnitude independent of T (Hinton et al. 2015, §2).
+    The T² factor keeps the soft term's gradient magnitude independent of T (Hinton et al. 2015, §2). Logits of more
+    than two axes (a causal LM's N×T×V, labels N×T) count every token as one row: the mean is over tokens.
     """
+    if student_logits.dim() > 2:
+        student_logits, teacher_logits, labels = student_logits.flatten(0, -2), teacher_logits.flatten(0, -2), \
+            labels.flatten()
     hard = F.cross_entropy(student_logits, labels)
     # kl_div(input=log q, target=log p, log_target=True) = Σ p (log p − log q) = KL(p ‖ q), with p the teacher.
     soft = F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
@@ -229,7 +233,10 @@ class CELoss(DistillLoss):
     layers = 0
 
     def forward(self, inputs: LossInputs) -> torch.Tensor:
-        return F.cross_entropy(inputs.student_logits, inputs.labels, label_smoothing=self.options.label_smoothing)
+        logits, labels = inputs.student_logits, inputs.labels
+        if logits.dim() > 2:  # a causal LM's N×T×V logits and N×T labels: every token one row
+            logits, labels = logits.flatten(0, -2), labels.flatten()
+        return F.cross_entropy(logits, labels, label_smoothing=self.options.label_smoothing)
 
 
 @LOSSES.register("fitnet")

@@ -69,6 +69,12 @@ def combine_logits(logits: Sequence[torch.Tensor], weights: Sequence[float] | No
     raise unknown_choice("teacher combination", how, ("logits", "probs"))
 
 
+def _hooks_models(loss: DistillLoss) -> bool:
+    """Whether a loss hooks the student and teacher itself (the transformer losses: hidden states, attention) rather
+    than naming modules: it has ``attach(student, teacher)``, a context manager that holds its hooks."""
+    return callable(getattr(loss, "attach", None))
+
+
 @dataclass
 class _Term:
     label: str  # name in the history: the loss name, `name_2` for a second term of the same loss
@@ -91,6 +97,8 @@ class Objective:
         self.student_layers = list(dict.fromkeys(n for t in terms for n in t.spec.student))
         self.teacher_layers: dict[str, list[str]] = {}  # only the teachers whose features some term reads
         for t in terms:
+            if _hooks_models(t.module):  # it reads the teacher's inside: the teacher runs on every batch
+                self.teacher_layers.setdefault(t.feature_teacher, [])
             for name in t.spec.teacher:
                 layers = self.teacher_layers.setdefault(t.feature_teacher, [])
                 if name not in layers:
@@ -107,6 +115,13 @@ class Objective:
             self._student_taps = stack.enter_context(FeatureTaps(self.model.student, self.student_layers, "student"))
             self._teacher_taps = {name: stack.enter_context(FeatureTaps(self.teachers[name], layers, name))
                                   for name, layers in self.teacher_layers.items()}
+            for i, t in enumerate(self.terms):
+                if _hooks_models(t.module):
+                    try:
+                        hooks = t.module.attach(self.model.student, self.teachers[t.feature_teacher])
+                    except TorchslimError as e:
+                        raise TorchslimError(f"losses[{i}] ({t.spec.name}): {e}") from None
+                    stack.enter_context(hooks)
             try:
                 yield self
             finally:

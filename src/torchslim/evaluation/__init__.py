@@ -140,6 +140,8 @@ def evaluate(
                 errors = int((logits.argmax(axis=1) != labels).sum())
                 acc = 1.0 - errors / len(labels)
             metrics = task.metrics(logits, labels)
+            if "accuracy" in metrics and acc is None:  # token labels (causal-lm): the task's next-token accuracy
+                acc, errors = metrics["accuracy"], metrics.get("errors")
             if "accuracy" in metrics:  # one number, whichever way it is rounded: the record's
                 metrics.update(accuracy=acc, errors=errors)
             params = nonzero = macs = None
@@ -176,6 +178,9 @@ def evaluate(
                     "info": dict(artifact.info),
                 }
             )
+            sample = task.sample_text(run)  # a language model's few lines of text, in its own runtime
+            if sample is not None:
+                records[-1]["sample"] = sample
         for record, lat in zip(records, measure_latencies(runners, task, cfg)):
             record["latency_ms"] = lat
     finally:
@@ -384,7 +389,9 @@ def compare(record: dict, baseline: dict) -> dict:
 
     ``speedup[b]`` = baseline p50 / record p50 at batch size ``b`` (for batch sizes both have);
     ``compression`` = baseline file bytes / record file bytes (``compression_lzma`` likewise for the lzma sizes);
-    ``accuracy_delta`` = record accuracy − baseline accuracy (a fraction; negative means worse).
+    ``accuracy_delta`` = record accuracy − baseline accuracy (a fraction; negative means worse);
+    ``metric_delta`` = record − baseline in the primary metric when that is not accuracy (only then present; its
+    direction is the task's: for perplexity a positive delta is worse).
 
     Example:
         >>> a = {"latency_ms": {"1": {"p50": 2.0}}, "file_bytes": 400, "file_bytes_lzma": 300, "accuracy": 0.99}
@@ -399,7 +406,17 @@ def compare(record: dict, baseline: dict) -> dict:
         "compression_lzma": _ratio(baseline["file_bytes_lzma"], record["file_bytes_lzma"]),
         "accuracy_delta": None if record["accuracy"] is None or baseline["accuracy"] is None
         else record["accuracy"] - baseline["accuracy"],
+        **_metric_delta(record, baseline),
     }
+
+
+def _metric_delta(record: dict, baseline: dict) -> dict:
+    """``{"metric_delta": record − baseline}`` in the primary metric, when it is not accuracy; else nothing."""
+    metric = record.get("primary_metric")
+    if not metric or metric == "accuracy" or baseline.get("primary_metric") != metric:
+        return {}
+    ours, theirs = (record.get("metrics") or {}).get(metric), (baseline.get("metrics") or {}).get(metric)
+    return {"metric_delta": None if ours is None or theirs is None else ours - theirs}
 
 
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:

@@ -117,14 +117,46 @@ def _ratio_columns(records: list[dict], batches: list[str]) -> list[tuple[str, C
     return columns
 
 
+def _pct(value: float | None) -> str:
+    return _DASH if value is None else f"{100 * value:.2f}"
+
+
+def _primary_columns(report: dict) -> list[tuple[str, Callable[[dict], str]]]:
+    """The primary metric and its change against the teacher, for a task whose primary metric is not accuracy
+    (causal-lm: ``perplexity`` and ``perplexity vs teacher``, "+0.31 (worse)": lower is better there)."""
+    records = report["artifacts"]
+    metric = next((r.get("primary_metric") for r in records if r.get("primary_metric")), "accuracy")
+    if metric == "accuracy":
+        return []
+    higher = ((report.get("data") or {}).get("task") or {}).get("higher_is_better", True)
+
+    def value(r: dict) -> str:
+        v = (r.get("metrics") or {}).get(metric)
+        return _DASH if v is None else f"{v:.4g}"
+
+    def delta(r: dict) -> str:
+        d = (r.get("vs_teacher") or {}).get("metric_delta")
+        if d is None:
+            return _DASH
+        if d == 0:
+            return "±0"
+        return f"{d:+.4g} ({'better' if (d > 0) == higher else 'worse'})"
+
+    columns = [(metric, value)]
+    if any((r.get("vs_teacher") or {}).get("metric_delta") is not None for r in records):
+        columns.append((f"{metric} vs teacher", delta))
+    return columns
+
+
 def _table(report: dict) -> tuple[list[str], list[list[str]]]:
     records = report["artifacts"]
     batches = _batch_keys(records)
     columns: list[tuple[str, Callable[[dict], str]]] = [
         ("artifact", lambda r: r["name"]),
         ("runtime", lambda r: r["runtime"]),
-        ("accuracy %", lambda r: f"{100 * r['accuracy']:.2f}"),
-        ("errors", lambda r: str(r["errors"])),
+        *_primary_columns(report),
+        ("accuracy %", lambda r: _pct(r.get("accuracy"))),
+        ("errors", lambda r: _DASH if r.get("errors") is None else str(r["errors"])),
         ("params", lambda r: _fmt_count(r.get("params"))),
         ("nonzero", lambda r: _fmt_count(r.get("nonzero_params"))),
         ("MACs", lambda r: _fmt_si(r.get("macs"))),
@@ -373,6 +405,33 @@ def _sections(report: dict) -> list[tuple[str, list[_Block]]]:
     return sections
 
 
+# Generated text (causal-lm): what each artifact writes after the same prompt, with the same seed
+
+
+def _samples(report: dict) -> tuple[str, list[tuple[str, str]]] | None:
+    """(how the samples were drawn, [(artifact, prompt + its continuation)]), or None when no record has one."""
+    found = [(str(r["name"]), r["sample"]) for r in report["artifacts"] if isinstance(r.get("sample"), dict)]
+    if not found:
+        return None
+    first = found[0][1]
+    how = (f"Each artifact continues the same prompt ({len(first.get('prompt', ''))} characters from the test split) "
+           f"by {first.get('max_new_tokens')} tokens sampled at temperature {first.get('temperature')}"
+           f"{'' if first.get('top_k') is None else ', top-k ' + str(first['top_k'])}, seed {first.get('seed')}, "
+           f"run in its own runtime; each block is the prompt, then the artifact's continuation.")
+    return how, [(name, str(sample.get("prompt", "")) + str(sample.get("text", ""))) for name, sample in found]
+
+
+def _md_samples(report: dict) -> list[str]:
+    samples = _samples(report)
+    if not samples:
+        return []
+    lines = ["", "## Generated text", "", samples[0]]
+    for name, text in samples[1]:
+        fence = "````" if "```" in text else "```"
+        lines += ["", f"**{_md_cell(name)}**", "", fence + "text", text.rstrip("\n"), fence]
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Markdown
 
@@ -404,6 +463,7 @@ def render_markdown(report: dict) -> str:
     headers, rows = _table(report)
     lines = [f"# torchslim report: {report.get('data', {}).get('name') or 'run'}", ""]
     lines += _md_table(headers, rows, right_from=2)
+    lines += _md_samples(report)
     lines += ["", "## How this was measured", ""]
     lines += [f"- **{label}**: {text}" for label, text in _notes(report)]
     lines += ["", "## Artifacts"]
@@ -471,7 +531,12 @@ def render_html(report: dict, figures: dict[str, bytes] | None = None) -> str:
     ]
     for alt, png in _plots(report):
         parts.append(f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">')
-    parts += ["</div>", "<h2>How this was measured</h2>", "<ul>"]
+    parts.append("</div>")
+    samples = _samples(report)
+    if samples:
+        parts += [f"<h2>Generated text</h2><p>{esc(samples[0])}</p>"]
+        parts += [f"<h3>{esc(name)}</h3><pre>{esc(text)}</pre>" for name, text in samples[1]]
+    parts += ["<h2>How this was measured</h2>", "<ul>"]
     parts += [f"<li><b>{esc(label)}</b>: {esc(text)}</li>" for label, text in _notes(report)]
     parts += ["</ul>", "<h2>Artifacts</h2>"]
     for name, blocks in _sections(report):
@@ -543,7 +608,8 @@ def _scatter_figure(panels: list[tuple[list[tuple[dict, float | None]], str, str
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     runtimes: dict[str, Any] = {}
     for ax, (points, xlabel, subtitle) in zip(axes, panels):
-        pts = [(str(r["name"]), str(r["runtime"]), x, 100 * r["accuracy"]) for r, x in points if x is not None and x > 0]
+        pts = [(str(r["name"]), str(r["runtime"]), x, 100 * r["accuracy"]) for r, x in points
+               if x is not None and x > 0 and r.get("accuracy") is not None]
         for k, group in enumerate(_groups(pts)):
             span = math.log10(max(p[2] for p in pts) / min(p[2] for p in pts)) or 1.0
             for i, (name, runtime, x, y) in enumerate(group):
@@ -629,8 +695,9 @@ def print_table(report: dict, console: Any = None) -> None:
     table.add_column("artifact")
     table.add_column("runtime")
     columns: list[tuple[str, Callable[[dict], str]]] = [
-        ("acc %", lambda r: f"{100 * r['accuracy']:.2f}"),
-        ("errors", lambda r: str(r["errors"])),
+        *_primary_columns(report),
+        ("acc %", lambda r: _pct(r.get("accuracy"))),
+        ("errors", lambda r: _DASH if r.get("errors") is None else str(r["errors"])),
         ("nonzero", lambda r: _fmt_count(r.get("nonzero_params"))),
         ("MACs", lambda r: _fmt_si(r.get("macs"))),
         ("size KB (lzma)", lambda r: _fmt_kb(r.get("file_bytes_lzma"))),

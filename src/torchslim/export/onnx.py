@@ -6,6 +6,7 @@ dtype (int64 token ids stay int64). Runners here feed every input in the dtype t
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import warnings
@@ -84,7 +85,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Any = None, 
     tensors = dict(zip(names, args))
     dynamic_axes = {n: task_axes.get(n, _default_axes(tensors[n])) for n in names}
     dynamic_axes[OUTPUT_NAME] = task_axes.get(OUTPUT_NAME, {0: "batch"})
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    with atomic_path(path) as tmp, warnings.catch_warnings(), _eager_attention(model):
         # The TorchScript exporter needs no onnxscript and handles every model we ship; its deprecation notice is noise.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
@@ -94,6 +95,27 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Any = None, 
         torch.onnx.export(module, args, str(tmp), dynamo=False, opset_version=opset, input_names=names,
                           output_names=[OUTPUT_NAME], dynamic_axes=dynamic_axes)
     return path
+
+
+@contextlib.contextmanager
+def _eager_attention(model: nn.Module):
+    """Hugging Face models export with their plain ("eager") attention, restored afterwards. The sdpa path traces to
+    extra masking ops (Where, IsNaN) that ONNX Runtime runs slower, for the same outputs."""
+    switched = []
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        current = getattr(config, "_attn_implementation", None)
+        if current not in (None, "eager") and hasattr(m, "set_attn_implementation"):
+            try:
+                m.set_attn_implementation("eager")
+            except (ValueError, ImportError):  # a model without an eager path keeps its own
+                continue
+            switched.append((m, current))
+    try:
+        yield
+    finally:
+        for m, current in switched:
+            m.set_attn_implementation(current)
 
 
 def _is_shape(value: Any) -> bool:

@@ -19,6 +19,8 @@ from typing import Any
 from torch import nn
 
 from torchslim.errors import TorchslimError, did_you_mean
+from torchslim.models import hf as _hf  # noqa: F401 - registers `bert` (transformers is imported when it is built)
+from torchslim.models.gpt import GPT, GPTConfig, generate, keep_layers
 from torchslim.models.lenet import LeNet5, LeNet5Classic
 from torchslim.models.mlp import MLP
 from torchslim.models.registry import MODELS
@@ -71,5 +73,5 @@ def list_models(pattern: str = "*") -> list[str]:
 
 __all__ = [
     "MODELS", "MLP", "BasicBlock", "BiLSTMClassifier", "LeNet5", "LeNet5Classic", "ResNetCifar", "TextCNN",
-    "create_model", "list_models",
+    "create_model", "list_models", "GPT", "GPTConfig", "generate", "keep_layers",
 ]

@@ -61,19 +61,33 @@ def _accepts(fn: Callable, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _spec(spec: Any) -> tuple[str | None, str | None, dict]:
-    if isinstance(spec, Mapping):
-        return spec.get("model"), spec.get("factory"), dict(spec.get("args") or {})
-    return getattr(spec, "model", None), getattr(spec, "factory", None), dict(spec.args or {})
+def _field(spec: Any, key: str) -> Any:
+    return spec.get(key) if isinstance(spec, Mapping) else getattr(spec, key, None)
 
 
 def build_model(spec: Any, num_classes: int, task: Any) -> nn.Module:
-    """A fresh model for ``task`` from a recipe model section (``model:`` zoo name or ``factory:``, plus ``args``).
+    """A fresh model for ``task`` from a recipe model section: a ``model:`` zoo name, a ``factory:`` or an ``hf:``
+    Hugging Face directory, plus ``args``; then ``keep_layers`` (layer dropping) when given.
 
     A zoo model gets what the task knows about the inputs (``input_shape`` for images, ``vocab_size`` for text);
-    a factory gets ``num_classes`` and those too, for each one its signature accepts, then its own ``args``.
+    a factory gets ``num_classes`` and those too, for each one its signature accepts, then its own ``args``. A
+    Hugging Face directory becomes a sequence classifier (text-classification) or a sentence encoder
+    (sentence-embedding), after checking that the data was tokenized by its own tokenizer.
     """
-    name, factory, args = _spec(spec)
+    model = _build(spec, num_classes, task)
+    keep = _field(spec, "keep_layers")
+    if keep is not None:
+        from torchslim.models.hf import drop_layers
+
+        drop_layers(model, list(keep))
+    return model
+
+
+def _build(spec: Any, num_classes: int, task: Any) -> nn.Module:
+    name, factory, hf = _field(spec, "model"), _field(spec, "factory"), _field(spec, "hf")
+    args = dict(_field(spec, "args") or {})
+    if hf:
+        return _hf_model(hf, num_classes, task, args)
     given = {"num_classes": num_classes, **task.model_kwargs()}
     if factory:
         fn = import_factory(factory)
@@ -92,7 +106,29 @@ def build_model(spec: Any, num_classes: int, task: Any) -> nn.Module:
     builder = MODELS.get(name)
     for key in task.model_kwargs():
         if not _accepts(builder, key):
-            fits = [n for n in MODELS.names() if all(_accepts(MODELS.get(n), k) for k in task.model_kwargs())]
+            fits = [n for n in MODELS.names() if all(_accepts(MODELS.get(n), k) for k in task.model_kwargs())
+                    and task.name in getattr(MODELS.get(n), "tasks", (task.name,))]  # a builder may name its tasks
             raise TorchslimError(f"model '{name}' does not fit the data: the task is {task.name} (the model needs "
                                  f"{key}); models for it: {', '.join(fits) or '(none)'}")
     return create_model(name, num_classes=num_classes, **task.model_kwargs(), **args)
+
+
+def _hf_model(path: str, num_classes: int, task: Any, args: dict) -> nn.Module:
+    from torchslim.models import hf
+
+    hf.check_hf_directory(path)
+    if args:
+        raise TorchslimError(f"hf: {path}: args do not apply to a Hugging Face directory (its config.json says what "
+                             f"the model is); got {', '.join(args)}")
+    tokenizer = getattr(task, "tokenizer", None)
+    if tokenizer is not None:
+        hf.check_tokenizer_matches(path, tokenizer)
+    if task.name == "text-classification":
+        model: nn.Module = hf.load_hf_classifier(path, num_classes=num_classes)
+    elif task.name == "sentence-embedding":
+        model = hf.load_hf_encoder(path)
+    else:
+        raise TorchslimError(f"hf: {path}: a Hugging Face model takes text; the task is {task.name} (Hugging Face "
+                             f"models serve: text-classification, sentence-embedding)")
+    hf.check_text_inputs(model, task.vocab_size, task.max_length)
+    return model

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from torchslim.errors import TorchslimError
+from torchslim.models.registry import MODELS
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
@@ -109,6 +110,14 @@ class HFSentenceEncoder(nn.Module):
         weights = attention_mask.unsqueeze(-1).to(tokens.dtype)
         pooled = (tokens * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+
+def check_hf_directory(path: str | os.PathLike) -> Path:
+    """Refuse, in one line, a path that is not a loadable Hugging Face model directory: missing, no config.json, or
+    no weights file (the valid names listed). Reads no weights and imports no transformers: recipes check early."""
+    folder = Path(path)
+    _check_directory(folder)
+    return folder
 
 
 def _check_directory(folder: Path) -> None:
@@ -221,6 +230,7 @@ def save_hf_model(model: nn.Module, path: str | os.PathLike, tokenizer_from: str
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise TorchslimError(f"{out} exists and is not a directory")
+    _import_transformers()  # quiets its progress bars ("Writing model shards")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -239,6 +249,27 @@ def save_hf_model(model: nn.Module, path: str | os.PathLike, tokenizer_from: str
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def check_tokenizer_matches(path: str | os.PathLike, tokenizer: Any) -> None:
+    """Refuse, in one line, data tokenized by anything but the model directory's own tokenizer: a word or char
+    vocabulary (built from the data, meaningless to a pretrained embedding table), or another tokenizer.json whose
+    vocabulary differs from the one in `path`."""
+    folder = Path(path)
+    own = folder / "tokenizer.json"
+    kind = getattr(tokenizer, "kind", None)
+    if kind is None:
+        return
+    if kind != "hf":
+        raise TorchslimError(f"the Hugging Face model {folder} reads ids of its own tokenizer, but the data is "
+                             f"tokenized by the '{kind}' tokenizer; set data.tokenizer: {own if own.is_file() else folder}")
+    if not own.is_file():
+        return
+    from torchslim.data.tokenizers import HFTokenizer
+
+    if HFTokenizer.from_file(own).get_vocab() != tokenizer.get_vocab():
+        raise TorchslimError(f"the tokenizer does not match the model: {getattr(tokenizer, 'source', '') or 'the data'}"
+                             f"'s vocabulary differs from {own}'s; set data.tokenizer: {own}")
 
 
 def check_text_inputs(model: nn.Module, vocab_size: int, max_length: int) -> None:
@@ -260,3 +291,25 @@ def check_text_inputs(model: nn.Module, vocab_size: int, max_length: int) -> Non
     if limit is not None and max_length > limit:
         raise TorchslimError(f"max_length {max_length} is longer than the model's maximum sequence length {limit} "
                              f"(max_position_embeddings); use max_length <= {limit}")
+
+
+@MODELS.register("bert", help="a BERT of any size with fresh weights (Hugging Face transformers): TinyBERT/MiniLM "
+                              "students, or a teacher to train; args layers, hidden, heads, intermediate, max_length")
+def bert(*, num_classes: int = 2, vocab_size: int = 30522, layers: int = 4, hidden: int = 312, heads: int = 12,
+         intermediate: int | None = None, max_length: int = 512, dropout: float = 0.1) -> HFSequenceClassifier:
+    """A ``BertForSequenceClassification`` of this shape with fresh weights, taking padded token ids (TinyBERT's
+    general student is layers=4, hidden=312, heads=12, intermediate=1200). Needs ``torchslim[transformers]``.
+
+    Example:
+        >>> m = bert(num_classes=2, vocab_size=100, layers=2, hidden=32, heads=4)
+        >>> m(torch.tensor([[2, 7, 3, 0]])).shape
+        torch.Size([1, 2])
+    """
+    if hidden % heads:
+        raise TorchslimError(f"bert: hidden {hidden} is not a multiple of heads {heads}; valid heads divide hidden")
+    transformers = _import_transformers()
+    cfg = transformers.BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=heads, intermediate_size=intermediate or 4 * hidden,
+                                  max_position_embeddings=max_length, num_labels=num_classes,
+                                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return HFSequenceClassifier(transformers.BertForSequenceClassification(cfg))

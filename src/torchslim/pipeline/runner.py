@@ -51,11 +51,14 @@ def _teacher(state: RunState, name: str) -> tuple[Artifact, nn.Module]:
         load_checkpoint(model, spec.checkpoint, log=lambda msg: state.log(f"[{name}] {msg}"))
         state.log(f"[{name}] loaded {spec.checkpoint}")
         info = {"checkpoint": spec.checkpoint}
+    elif state.task.name == "sentence-embedding":  # its embeddings are the targets: used as they are
+        state.log(f"[{name}] {spec.describe()}: the reference embeddings, not trained")
+        info = {"reference": spec.describe()}
     else:
         info = as_info(TrainingRecord.of(fit(model, state.data.train, state.data.val, spec.train,
                                              seed=state.recipe.seed, checkpoint=state.checkpoint(name), stage=name,
                                              log=state.log)))
-    path = state.save(model, name, {"model": spec.model, "factory": spec.factory, "args": spec.args})
+    path = state.save(model, name, {"model": spec.model, "factory": spec.factory, "hf": spec.hf, "args": spec.args})
     return Artifact(name, "teacher", "pytorch", path, model.eval(), info), model
 
 
@@ -163,7 +166,12 @@ def load_data(recipe: Recipe):
     """The recipe's data set, split and ready (images normalised, text tokenized)."""
     from torchslim.data import load_dataset
 
-    return load_dataset(**recipe.data.load_options())
+    data = load_dataset(**recipe.data.load_options())
+    if recipe.data.task == "sentence-embedding":
+        from torchslim.tasks.sentence_embedding import as_sentence_embedding
+
+        data = as_sentence_embedding(data)
+    return data
 
 
 def _check_stages(recipe: Recipe, state: RunState) -> None:
@@ -195,7 +203,7 @@ def check_recipe(recipe: Recipe) -> dict:
                 load_checkpoint(model, spec.checkpoint)
             except TorchslimError as e:
                 raise TorchslimError(f"{role}.checkpoint: {e}") from None
-        entry = {"model": spec.model or spec.factory, "params": sum(p.numel() for p in model.parameters())}
+        entry = {"model": spec.describe(), "params": sum(p.numel() for p in model.parameters())}
         if role.startswith("teachers["):
             summary.setdefault("teachers", {})[spec.name] = entry
         else:
@@ -245,6 +253,9 @@ def _run(recipe: Recipe, out: Path, log: Log, done: dict, tracker: Tracker) -> d
         else:
             art, model = _teacher(state, name)
             _finish(state, done, name, art)
+        if state.teacher is None and art.runtime == "pytorch":
+            # A task whose labels come from the teacher (sentence-embedding) relabels the data once, here.
+            state.data = state.task.with_teacher(state.data, model)
         state.teacher = state.teacher or model
         state.teachers[name] = model
         if art.runtime == "pytorch":
@@ -276,9 +287,9 @@ def _run(recipe: Recipe, out: Path, log: Log, done: dict, tracker: Tracker) -> d
     ev = recipe.evaluate
     log(f"evaluating {len(state.artifacts)} artifacts (threads={ev.threads}, batch sizes {ev.batch_sizes})")
     latency = LatencyConfig(threads=ev.threads, batch_sizes=tuple(ev.batch_sizes), max_seconds=ev.max_seconds)
-    records = evaluate(state.artifacts, data, latency=latency,
+    records = evaluate(state.artifacts, state.data, latency=latency,
                        teacher=(recipe.teacher_names() or [None])[0], student=state.student)
-    report = build_report(records, recipe=recipe.model_dump(mode="json"), data=data, threads=ev.threads,
+    report = build_report(records, recipe=recipe.model_dump(mode="json"), data=state.data, threads=ev.threads,
                           meta={"stage_seconds": state.seconds, "processes": dist.world()}, latency=latency)
     report = jsonable(report)  # what report.json holds: records as their JSON under their kind
     write_report(report, out)

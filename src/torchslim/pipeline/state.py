@@ -40,18 +40,46 @@ class RunState:
             from torchslim.distillation.onnx_teacher import OnnxTeacher
 
             return OnnxTeacher(spec.onnx, self.data.num_classes, example_inputs=self.example_inputs(2))
+        if getattr(spec, "from_teacher", False):
+            return self._from_teacher(spec)
         from torchslim.models.factory import build_model
 
-        return build_model(spec, self.data.num_classes, self.task)
+        model = build_model(spec, self.data.num_classes, self.task)
+        self.task.check_model(model)  # e.g. a language model's context shorter than the data's blocks
+        return model
+
+    def _from_teacher(self, spec: Any) -> nn.Module:
+        """A copy of the teacher (trained, or a fresh one of its kind while the recipe is being checked), with
+        `keep_layers` only when given."""
+        import copy
+
+        teacher = self.teacher if self.teacher is not None else self.create(self.recipe.teacher)
+        model = copy.deepcopy(teacher).requires_grad_(True)  # distillation freezes the teacher; its copy learns
+        if spec.keep_layers is not None:
+            from torchslim.models.hf import drop_layers
+
+            drop_layers(model, list(spec.keep_layers))
+        return model
 
     def example_inputs(self, batch_size: int = 1) -> Any:
         return self.task.example_inputs(batch_size)
 
     def save(self, model: nn.Module, name: str, meta: dict) -> Path:
+        """`<name>.safetensors`; a Hugging Face model is also written as a model directory `<name>.hf/` (config,
+        safetensors, tokenizer) that ``from_pretrained`` and sentence-transformers load as they are."""
         path = self.out / f"{name}.safetensors"
         if dist.is_main():
             save_checkpoint(model, path, meta)
+            from torchslim.models.hf import HFSentenceEncoder, HFSequenceClassifier, save_hf_model
+
+            if isinstance(model, (HFSentenceEncoder, HFSequenceClassifier)):
+                save_hf_model(model, self.out / f"{name}.hf", tokenizer_from=self.hf_source())
         return path
+
+    def hf_source(self) -> str | None:
+        """The Hugging Face directory the run's models come from (its tokenizer and sentence-transformers files)."""
+        specs = [self.recipe.teacher_spec(n) for n in self.recipe.teacher_names()] + [self.recipe.student]
+        return next((s.hf for s in specs if s is not None and getattr(s, "hf", None)), None)
 
     def checkpoint(self, name: str) -> Path:
         """Where a training stage keeps its per-epoch state (removed once the stage is finished)."""

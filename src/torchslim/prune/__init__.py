@@ -2,7 +2,8 @@
 iterative, gradual AGP, lottery tickets with rewinding), unstructured (layerwise or global, one-shot or
 iterative, or per layer from a sensitivity analysis) and N:M masks with their packed storage, Han's std
 threshold, structured channel removal to a MACs target, and Deep Compression's k-means weight sharing with
-centroid fine-tuning.
+centroid fine-tuning; language models pruned layer by layer from calibration data (magnitude, Wanda, SparseGPT;
+unstructured or 2:4) in `llm`; transformer feed-forward neurons removed for real in `transformer`.
 
 The modules, from the bottom up: `config` (PruneConfig), `criteria` (scores), `masks` (layers, masks, `prune_`),
 `nm`, `han`, `sensitivity`, `schedules` (the training drivers), `structured`, `codebook`. None imports this package.
@@ -20,6 +21,14 @@ from torchslim.prune.codebook import (
 from torchslim.prune.config import MagnitudePruneConfig, PruneConfig
 from torchslim.prune.criteria import CRITERIA
 from torchslim.prune.han import han_prune_, han_threshold_masks
+from torchslim.prune.llm import (
+    LLM_PRUNERS,
+    LLMPruneConfig,
+    LLMPruneResult,
+    prune_llm_,
+    sparsegpt_prune_,
+    wanda_prune_,
+)
 from torchslim.prune.masks import (
     Masks,
     attach_masks,
@@ -51,6 +60,7 @@ from torchslim.prune.structured import (
     prune_channels_to_target,
     resize_to_state_dict_,
 )
+from torchslim.prune.transformer import ffn_importance, ffn_layers, prune_ffn_
 
 __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "MagnitudePruneConfig", "Masks",
            "magnitude_masks", "prunable_layers", "prune_", "attach_masks", "attached_masks", "detach_masks", "hold_zeros",
@@ -61,4 +71,6 @@ __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "Magnitud
            "prune_with_schedule", "reinitialize_",
            "layer_sensitivity", "plot_sensitivity_curves", "sparsities_from_sensitivity",
            "ChannelPruneConfig", "CHANNEL_IMPORTANCE", "prune_channels_", "prune_channels_to_target",
-           "resize_to_state_dict_"]
+           "resize_to_state_dict_",
+           "LLMPruneConfig", "LLMPruneResult", "LLM_PRUNERS", "prune_llm_", "wanda_prune_", "sparsegpt_prune_",
+           "prune_ffn_", "ffn_importance", "ffn_layers"]

@@ -1,8 +1,11 @@
 """Quantization: fake-quant PTQ and QAT with torchslim's own grids, QDQ export, mixed precision (per-layer
-sensitivity, bit allocation under a size budget, accuracy-aware fallback), and ONNX Runtime's int8 quantizer.
+sensitivity, bit allocation under a size budget, accuracy-aware fallback), and ONNX Runtime's int8 quantizer; for
+language models, weight-only RTN/GPTQ/AWQ and SmoothQuant W8A8 (`weight_only`) and their int4 export to ONNX
+Runtime's MatMulNBits (`nbits_onnx`).
 
 Modules, from the bottom up: `grid` (QuantSpec), `observers`, `config` (QuantConfig and ONNX Runtime's configs),
-`fakequant`, `prepare` (ptq, qat), `export` (QDQ ONNX), `sensitivity` (mixed precision), `ort`.
+`fakequant`, `prepare` (ptq, qat), `export` (QDQ ONNX), `sensitivity` (mixed precision), `ort`, `weight_only`,
+`nbits_onnx`.
 
 Example:
     >>> from torchslim.quant import QuantConfig, QuantSpec, ptq, export_qdq          # doctest: +SKIP
@@ -27,6 +30,20 @@ from torchslim.quant.sensitivity import (
     sensitivity_order,
     weight_bytes,
 )
+from torchslim.quant.weight_only import (
+    WEIGHT_ONLY_METHODS,
+    QuantizedWeight,
+    WeightOnlyConfig,
+    WeightOnlyResult,
+    awq_quantize_,
+    gptq_quantize_,
+    quantize_groupwise,
+    quantize_weights_,
+    rtn_quantize_,
+    smooth_activations_,
+    smoothquant_,
+)
+from torchslim.quant.nbits_onnx import export_matmul_nbits, pack_matmul_nbits
 
 __all__ = [
     "quantize", "StaticInt8Config", "DynamicInt8Config", "quantize_static_int8", "quantize_dynamic_int8",
@@ -34,4 +51,7 @@ __all__ = [
     "QuantConv2d", "QuantLinear", "fold_batchnorm", "prepare", "calibrate", "ptq", "qat", "export_qdq",
     "export_qdq_verified", "ort_kernels", "QuantizationRecord", "layer_sensitivity", "plot_sensitivity", "allocate_bits", "accuracy_aware",
     "config_for", "mixed_precision", "quantizable_layers", "sensitivity_order", "weight_bytes",
+    "WeightOnlyConfig", "WeightOnlyResult", "QuantizedWeight", "WEIGHT_ONLY_METHODS", "quantize_weights_",
+    "rtn_quantize_", "gptq_quantize_", "awq_quantize_", "smoothquant_", "smooth_activations_", "quantize_groupwise",
+    "export_matmul_nbits", "pack_matmul_nbits",
 ]

@@ -181,7 +181,7 @@ def quantize(model: nn.Module, cfg: StaticInt8Config | DynamicInt8Config, data: 
     """
     from torchslim.artifact import Artifact
     from torchslim.export.onnx import OnnxVerification
-    from torchslim.quant.export import QuantizationRecord
+    from torchslim.quant.export import QuantizationRecord, ort_kernels
     from torchslim.records import as_info
 
     if isinstance(data, Task):  # quantize(model, cfg, task, path): the task alone, nothing to calibrate or check on
@@ -209,5 +209,7 @@ def quantize(model: nn.Module, cfg: StaticInt8Config | DynamicInt8Config, data: 
         quantize_dynamic_int8(model, cfg, path, input_shape, task=task, example=example)
         mode = "dynamic"
     vs_fp32 = OnnxVerification.measure(model, path, check) if check is not None else None
-    info = as_info(QuantizationRecord(mode=mode, config=cfg.model_dump(), vs_fp32=vs_fp32))
+    # The node types ONNX Runtime runs after its graph optimizations: which integer kernels it chose (the report's).
+    info = as_info(QuantizationRecord(mode=mode, config=cfg.model_dump(), vs_fp32=vs_fp32,
+                                      kernels=ort_kernels(path)))
     return Artifact(name, "quantize", "onnxruntime", Path(path), model, info)

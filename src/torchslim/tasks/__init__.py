@@ -3,7 +3,7 @@
 Example:
     >>> from torchslim.tasks import TASKS, get_task
     >>> TASKS.names()
-    ['image-classification', 'sentence-embedding', 'text-classification']
+    ['causal-lm', 'image-classification', 'sentence-embedding', 'text-classification']
     >>> get_task("image-classification", input_shape=(1, 8, 8)).primary_metric
     'accuracy'
 """
@@ -13,6 +13,7 @@ from typing import Any
 
 from torchslim.registry import Registry
 from torchslim.tasks.base import Task, batch_size_of, classification_metrics, forward, logits_of
+from torchslim.tasks.causal_lm import CausalLM, token_nll
 from torchslim.tasks.image_classification import ImageClassification
 from torchslim.tasks.sentence_embedding import SentenceEmbedding, cosine_rows
 from torchslim.tasks.text_classification import TextClassification
@@ -23,6 +24,7 @@ TASKS.register("text-classification", help="token ids from a tokenizer → class
     TextClassification)
 TASKS.register("sentence-embedding", help="token ids → embeddings, judged by cosine to reference embeddings")(
     SentenceEmbedding)
+TASKS.register("causal-lm", help="token-id blocks → next-token logits (perplexity, lower is better)")(CausalLM)
 
 
 def get_task(name: str, **kwargs: Any) -> Task:
@@ -30,6 +32,6 @@ def get_task(name: str, **kwargs: Any) -> Task:
     return TASKS.get(name)(**kwargs)
 
 
-__all__ = ["TASKS", "Task", "ImageClassification", "TextClassification", "SentenceEmbedding", "get_task",
-           "cosine_rows", "forward", "logits_of",
+__all__ = ["TASKS", "Task", "ImageClassification", "TextClassification", "SentenceEmbedding", "CausalLM", "get_task",
+           "cosine_rows", "token_nll", "forward", "logits_of",
            "batch_size_of", "classification_metrics"]

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Inputs = Any  # a tensor, or a mapping of named tensors (input_ids, attention_mask, ...)
@@ -70,10 +71,13 @@ class Task:
     """A task: its metrics and primary metric, its model inputs, and example inputs for export and latency.
 
     Subclasses set ``name`` and implement :meth:`example_inputs`; everything else has a classification default.
+    ``higher_is_better`` is the direction of the primary metric: training keeps the epoch that is best by it, and the
+    report compares artifacts by it (perplexity: lower is better).
     """
 
     name: ClassVar[str] = "task"
     primary_metric: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
     input_names: ClassVar[list[str]] = ["input"]
 
     num_classes: int = 10
@@ -90,8 +94,25 @@ class Task:
         """What `create_model` needs to know from the data (input shape, vocabulary size)."""
         return {}
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """The training loss of one batch (what ``fit`` minimises): cross-entropy of N×C logits with N labels."""
+        return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+
     def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         return classification_metrics(logits, labels, self.num_classes)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a TorchslimError when `model` cannot take this task's inputs (a recipe's models are checked when
+        they are built, before any training); nothing to check by default."""
+
+    def with_teacher(self, data: Any, teacher: nn.Module) -> Any:
+        """The data a run's stages see once its teacher exists: unchanged by default; a task whose labels come from
+        the teacher (sentence-embedding: the teacher's embeddings) returns the data relabelled."""
+        return data
+
+    def sample_text(self, run: Any) -> dict[str, Any] | None:
+        """A short text a model writes, for the report (causal-lm); None for a task that does not generate."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What the report states about the inputs (shape, sequence length...) and the label names."""

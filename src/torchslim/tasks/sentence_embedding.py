@@ -1,6 +1,10 @@
 """Sentence embeddings: token ids N×L (int64, 0 = padding) in, embeddings N×D out, judged against reference
 embeddings (usually the teacher's) on the same sentences.
 
+In a recipe (``data: {task: sentence-embedding}``) the teacher's embeddings become every split's labels once the
+teacher exists (:meth:`SentenceEmbedding.with_teacher`): a `train` stage then distils them (mean squared error),
+and every artifact is judged by its cosine to them.
+
 The test split pairs each sentence's ids with its reference embedding, so ``evaluate`` measures every artifact (the
 teacher itself, a layer-dropped student, its int8 ONNX file) by its agreement with the same reference:
 
@@ -14,9 +18,32 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
+from torch.utils.data import TensorDataset
 
 from torchslim.errors import TorchslimError
 from torchslim.tasks.text_classification import TextClassification
+
+
+class EmbeddingRows(TensorDataset):
+    """``(token ids, reference embedding)`` rows that carry their task, so ``fit`` trains and validates with it."""
+
+    def __init__(self, ids: torch.Tensor, embeddings: torch.Tensor, task: Any = None) -> None:
+        super().__init__(ids, embeddings)
+        self.task = task
+
+
+def _embed(model: torch.nn.Module, ids: torch.Tensor, predict, batch_size: int = 256) -> torch.Tensor:
+    """`model`'s outputs on token ids N×L in length-sorted chunks cut to their longest row (the encoder masks
+    padding, so only the time changes)."""
+    lengths = ids.ne(0).sum(1)
+    out = None
+    for chunk in lengths.argsort().split(batch_size):
+        y = predict(model, ids[chunk][:, :max(1, int(lengths[chunk].max()))], batch_size)
+        if out is None:
+            out = torch.empty(len(ids), y.shape[1])
+        out[chunk] = y
+    return out if out is not None else torch.empty(0, 0)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -54,8 +81,41 @@ class SentenceEmbedding(TextClassification):
         return {"cosine": float(cos.mean()), "cosine_min": float(cos.min()),
                 "cosine_p05": float(np.percentile(cos, 5)), "share_at_0.99": float((cos >= 0.99).mean())}
 
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean squared error to the reference embeddings (sentence-transformers' model distillation)."""
+        return torch.nn.functional.mse_loss(logits, targets.to(logits.dtype))
+
+    def with_teacher(self, data: Any, teacher: torch.nn.Module) -> Any:
+        """Every split relabelled with the teacher's embeddings of its sentences (computed once): training reproduces
+        them, validation and evaluation measure the cosine to them. The class labels are not used."""
+        import dataclasses
+
+        from torchslim.training import predict
+
+        def relabel(split):
+            if split is None:
+                return None
+            x = split.tensors[0]
+            return EmbeddingRows(x, _embed(teacher, x, predict), task=self)
+
+        return dataclasses.replace(data, train=relabel(data.train), val=relabel(data.val), test=relabel(data.test),
+                                   task=self)
+
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out.pop("num_classes", None)
         out["metrics"] = "cosine similarity to the reference embeddings of the same sentences"
         return out
+
+
+def as_sentence_embedding(data: Any) -> Any:
+    """A text-classification DataBundle as a sentence-embedding one: the same token ids and tokenizer, judged by
+    cosine to reference embeddings (the teacher's, once a run has one: :meth:`SentenceEmbedding.with_teacher`)."""
+    import dataclasses
+
+    task = data.task
+    if not isinstance(task, TextClassification):
+        raise TorchslimError(f"data.task: sentence-embedding needs text data; {data.name} is {task.name}")
+    new = SentenceEmbedding(vocab_size=task.vocab_size, max_length=task.max_length,
+                            latency_length=task.latency_length, tokenizer=task.tokenizer)
+    return dataclasses.replace(data, task=new)

@@ -10,8 +10,10 @@ from torchslim.training.loop import (
     iter_batches,
     predict,
     split_batch,
+    task_of,
     train,
+    validate,
 )
 
 __all__ = ["TrainConfig", "FitResult", "StopTraining", "WeightEMA", "fit", "predict", "accuracy_of",
-           "cross_entropy_loss", "train", "iter_batches", "split_batch"]
+           "cross_entropy_loss", "train", "iter_batches", "split_batch", "task_of", "validate"]

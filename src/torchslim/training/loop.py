@@ -28,7 +28,7 @@ from torch import nn
 
 from torchslim.errors import TorchslimError
 from torchslim.io import atomic_path, resume_errors
-from torchslim.tasks import forward
+from torchslim.tasks import Task, forward
 from torchslim.training import dist
 from torchslim.training.config import TrainConfig
 from torchslim.training.ema import WeightEMA
@@ -43,9 +43,13 @@ TrainData = Union[torch.utils.data.TensorDataset, Iterable]  # a TensorDataset, 
 LossFn = Callable[..., tuple]
 
 
-def cross_entropy_loss(label_smoothing: float = 0.0) -> LossFn:
+def cross_entropy_loss(label_smoothing: float = 0.0, task: Task | None = None) -> LossFn:
+    """The default training loss: the task's (:meth:`Task.loss`: cross-entropy of N×C logits with N labels; causal-lm:
+    mean token cross-entropy of N×T×V logits with the N×T next tokens), plain cross-entropy without a task."""
     def loss_fn(model: nn.Module, x: Inputs, y: torch.Tensor, *extra: torch.Tensor):
         logits = forward(model, x)
+        if task is not None:
+            return task.loss(logits, y, label_smoothing), logits
         return F.cross_entropy(logits, y, label_smoothing=label_smoothing), logits
 
     return loss_fn
@@ -77,8 +81,10 @@ class StopTraining(Exception):
 class FitResult:
     history: list[dict] = field(default_factory=list)  # one dict per epoch: loss, train_acc, val_acc, seconds, terms
     best_epoch: int | None = None
-    best_val_accuracy: float | None = None
+    best_val_accuracy: float | None = None  # the validation accuracy of the best epoch
     stopped: str | None = None  # why training ended before its last epoch (a StopTraining's message), else None
+    monitor: str = "val_accuracy"  # the history key that chose the best epoch: val_<the task's primary metric>
+    best_val: float | None = None  # its value at the best epoch (= best_val_accuracy when monitor is val_accuracy)
 
 
 def make_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -222,21 +228,72 @@ def predict(model: nn.Module, x: Any, batch_size: int = 512) -> torch.Tensor:
 
 def accuracy_of(model: nn.Module, data: Any) -> float | None:
     """Top-1 accuracy (a fraction) of `model` on `data` (a TensorDataset, a DataLoader or re-iterable of
-    ``(inputs, labels)`` batches); None when `data` is None or empty."""
+    ``(inputs, labels)`` batches); None when `data` is None or empty. The classes are the logits' last axis, so for
+    N×T×V logits and N×T labels (causal-lm) it is the accuracy over every token."""
     if data is None:
         return None
     if _is_tensor_dataset(data):
         if len(data) == 0:
             return None
         x, y = data.tensors[:2]
-        return (predict(model, x).argmax(1) == y).float().mean().item()
+        return (predict(model, x).argmax(-1) == y).float().mean().item()
     correct = seen = 0
     for inputs, labels in iter_batches(data):
         if labels is None:
             raise TorchslimError("accuracy needs labels: each batch must be (inputs, labels, ...)")
-        correct += (predict(model, inputs).argmax(1) == labels).sum().item()
-        seen += len(labels)
+        correct += (predict(model, inputs).argmax(-1) == labels).sum().item()
+        seen += labels.numel()
     return correct / seen if seen else None
+
+
+def task_of(*splits: Any) -> Task | None:
+    """The task a data split says it belongs to (its ``task`` attribute: the splits of a causal-lm DataBundle carry
+    theirs), the first found among `splits`; None for a plain TensorDataset or loader (classification)."""
+    for data in splits:
+        task = getattr(data, "task", None)
+        if isinstance(task, Task):
+            return task
+    return None
+
+
+def validate(model: nn.Module, data: Any, task: Task | None = None) -> dict[str, float | None]:
+    """What :func:`fit` records after each epoch: ``{"val_accuracy": ...}`` (None without data), and for a task whose
+    primary metric is not accuracy also ``val_<primary metric>`` (causal-lm: ``val_perplexity``), computed by
+    ``task.metrics`` on the logits of all of `data` (a TensorDataset, or a loader of ``(inputs, labels)``).
+
+    Example:
+        >>> validate(model, data.val, data.task)   # doctest: +SKIP
+        {'val_perplexity': 5.62, 'val_accuracy': 0.47}
+    """
+    if task is None or task.primary_metric == "accuracy" or data is None:
+        return {"val_accuracy": accuracy_of(model, data)}
+    if _is_tensor_dataset(data):
+        x, y = data.tensors[:2]
+        logits = predict(model, x)
+    else:
+        pairs = [(predict(model, inputs), labels) for inputs, labels in iter_batches(data)]
+        logits, y = torch.cat([p for p, _ in pairs]), torch.cat([y for _, y in pairs])
+    metrics = task.metrics(logits.float().numpy(), y.numpy())
+    return {f"val_{task.primary_metric}": metrics[task.primary_metric], "val_accuracy": metrics.get("accuracy")}
+
+
+def _better(value: float | None, best: float | None, higher_is_better: bool) -> bool:
+    """Whether `value` beats `best` (None: nothing yet) in the metric's direction; NaN never does."""
+    if value is None or value != value:
+        return False
+    return best is None or (value > best if higher_is_better else value < best)
+
+
+def _val_text(record: dict, monitor: str) -> str:
+    """The validation part of an epoch's log line: `val 97.50%`, or `val perplexity 5.62 (accuracy 47.10%)`."""
+    acc = record.get("val_accuracy")
+    if monitor == "val_accuracy":
+        return f"  val {100 * acc:6.2f}%" if acc is not None else ""
+    value = record.get(monitor)
+    if value is None:
+        return ""
+    return f"  val {monitor.removeprefix('val_')} {value:.4f}" + (f" (accuracy {100 * acc:.2f}%)" if acc is not None
+                                                                 else "")
 
 
 def splits(data: Any, val: Any | None = None) -> tuple[Any, Any | None]:
@@ -328,6 +385,7 @@ def fit(
     progress: bool | None = None,
     keep_from_epoch: int = 1,
     ema_decay: float = 0.0,
+    task: Task | None = None,
 ) -> FitResult:
     """Train `model` in place on `train_set` and return the per-epoch history.
 
@@ -364,12 +422,22 @@ def fit(
     updated after every optimizer step; the average is what is validated (``val_accuracy``; the trained weights'
     score is ``val_accuracy_raw``), kept as the best, checkpointed and left in `model` at the end.
 
+    `task` (default: the one the data carries, :func:`task_of` — a causal-lm DataBundle's splits do; else
+    classification) decides the default loss (:meth:`Task.loss`) and what validation measures: the best epoch is the
+    one best by ``val_<task.primary_metric>`` in the task's direction (``higher_is_better``; perplexity: the
+    lowest), recorded as ``FitResult.monitor`` and ``best_val``. Without a task, or with a classification task, it
+    is ``val_accuracy``, highest first, as always. Training accuracy counts every prediction (each token for
+    N×T×V logits).
+
     Example:
         >>> fit(model, data.train, data.val, TrainConfig(epochs=3), stage="teacher")   # doctest: +SKIP
         >>> fit(model, train_loader, val_loader, TrainConfig(epochs=3))               # doctest: +SKIP
         >>> fit(student, batches, val, TrainConfig(epochs=3), loss_fn=batches.loss, ema_decay=0.999)  # doctest: +SKIP
     """
-    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing)
+    task = task if task is not None else task_of(train_set, val_set)
+    loss_fn = loss_fn or cross_entropy_loss(cfg.label_smoothing, task)
+    monitor = "val_accuracy" if task is None or task.primary_metric == "accuracy" else f"val_{task.primary_metric}"
+    higher_is_better = task is None or monitor == "val_accuracy" or task.higher_is_better
     masks = getattr(model, "_torchslim_masks", None) if after_step is None else None
     if masks is not None:
         # An optimizer step moves pruned weights off zero (momentum, weight decay): put them back after each one.
@@ -388,7 +456,7 @@ def fit(
     # Everything a checkpoint holds besides RNG states and the history: each part's state_dict.
     parts = {"model": model, "optimizer": opt, "schedule": sched,
              **({"train_set": train_set} if _stateful(train_set) else {}), **({"ema": ema} if ema is not None else {})}
-    result = FitResult()
+    result = FitResult(monitor=monitor)
     best_state = None
     start = 1
     if checkpoint is not None and Path(checkpoint).is_file():
@@ -402,7 +470,7 @@ def fit(
     for epoch in range(start, cfg.epochs + 1):
         model.train()
         t0 = time.perf_counter()
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, seen, predicted = 0.0, 0, 0, 0
         term_sums: dict[str, float] = {}
         bar = _progress(progress if dist.is_main() else False, f"[{stage}] epoch {epoch}/{cfg.epochs}", steps_per_epoch)
         batches = _epoch_batches(train_set, cfg.batch_size, gen, epoch, steps_per_epoch)
@@ -432,8 +500,9 @@ def fit(
                 if check_sync:
                     dist.check_in_sync(model, f"stage '{stage}' epoch {epoch} step {step}")
                 total_loss += loss.item() * len(y)
-                correct += (logits.argmax(1) == y).sum().item()
+                correct += (logits.argmax(-1) == y).sum().item()  # classes on the last axis: each token counts
                 seen += len(y)
+                predicted += y.numel()
                 for name, value in (terms[0] if terms else {}).items():
                     term_sums[name] = term_sums.get(name, 0.0) + float(value) * len(y)
         except StopTraining as stop:  # this epoch is dropped; the weights are kept below as after a last epoch
@@ -441,31 +510,33 @@ def fit(
             log(f"[{stage}] stopped: {stop}")
             break
 
-        total_loss, correct, seen, *term_totals = dist.all_sum(total_loss, correct, seen, *term_sums.values())
+        total_loss, correct, seen, predicted, *term_totals = dist.all_sum(total_loss, correct, seen, predicted,
+                                                                          *term_sums.values())
         if not seen:
             raise TorchslimError(f"stage '{stage}': epoch {epoch} saw no training batches; the training data is empty")
-        val_acc = accuracy_of(model, val_set)  # every rank holds the same weights, so the same value
-        record = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / seen,
-                  "val_accuracy": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
+        val = validate(model, val_set, task)  # every rank holds the same weights, so the same values
+        record = {"epoch": epoch, "loss": total_loss / seen, "train_accuracy": correct / predicted,
+                  **val, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0}
         if ema is not None:  # the average is the model being trained: validate (and keep) it, note the raw score
             with ema.applied_to(model):
-                val_acc = accuracy_of(model, val_set)
-            record["val_accuracy"], record["val_accuracy_raw"] = val_acc, record["val_accuracy"]
+                averaged = validate(model, val_set, task)
+            record.update({**averaged, **{f"{k}_raw": v for k, v in val.items()}})
+        val_acc, val_score = record["val_accuracy"], record.get(monitor)
         term_means = {name: total / seen for name, total in zip(term_sums, term_totals)}
         if callable(getattr(train_set, "metrics", None)):
             term_means.update(train_set.metrics())  # a batch source's own numbers (a generator's losses, ...)
         if term_means:
             record["terms"] = term_means
         result.history.append(record)
-        val_txt = f"  val {100 * val_acc:6.2f}%" if val_acc is not None else ""
-        if ema is not None and val_acc is not None:
-            val_txt += f" (EMA; raw {100 * record['val_accuracy_raw']:.2f}%)"
+        val_txt = _val_text(record, monitor)
+        if ema is not None and val_score is not None:
+            raw = record[f"{monitor}_raw"]
+            val_txt += f" (EMA; raw {100 * raw:.2f}%)" if monitor == "val_accuracy" else f" (EMA; raw {raw:.4f})"
         terms_txt = "".join(f"  {k} {v:.4f}" for k, v in term_means.items())
         log(f"[{stage}] epoch {epoch:>3}/{cfg.epochs}  loss {record['loss']:.4f}{terms_txt}  "
             f"train {100 * record['train_accuracy']:6.2f}%{val_txt}  ({record['seconds']:.1f}s)")
-        if val_acc is not None and epoch >= keep_from_epoch and (result.best_val_accuracy is None
-                                                                 or val_acc > result.best_val_accuracy):
-            result.best_val_accuracy, result.best_epoch = val_acc, epoch
+        if epoch >= keep_from_epoch and _better(val_score, result.best_val, higher_is_better):
+            result.best_val, result.best_val_accuracy, result.best_epoch = val_score, val_acc, epoch
             if cfg.keep == "best":
                 best_state = copy.deepcopy(ema.state if ema is not None else model.state_dict())
         if checkpoint is not None and dist.is_main():
@@ -476,8 +547,10 @@ def fit(
         model.load_state_dict(ema.state)
     if cfg.keep == "best" and best_state is not None and result.best_epoch != cfg.epochs:
         model.load_state_dict(best_state)
+        best = f"accuracy {100 * result.best_val:.2f}%" if monitor == "val_accuracy" else \
+            f"{monitor.removeprefix('val_')} {result.best_val:.4f}"
         log(f"[{stage}] kept the {'averaged ' if ema is not None else ''}weights of epoch {result.best_epoch} (best "
-            f"validation accuracy {100 * result.best_val_accuracy:.2f}%)")
+            f"validation {best})")
     model.eval()
     return result
 
@@ -488,7 +561,7 @@ def _save(path, epoch, parts, gen, result, best_state, extra_state) -> None:
         "epoch": epoch, **{name: part.state_dict() for name, part in parts.items()},
         "generator": gen.get_state(), "torch_rng": torch.get_rng_state(), "best_state": best_state,
         "history": json.dumps(result.history), "best_epoch": result.best_epoch,
-        "best_val_accuracy": result.best_val_accuracy, "extra_state": extra_state or {},
+        "best_val_accuracy": result.best_val_accuracy, "best_val": result.best_val, "extra_state": extra_state or {},
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -503,6 +576,8 @@ def _restore(path, parts, gen, result, extra_state) -> tuple[int, dict | None]:
     torch.set_rng_state(state["torch_rng"])
     result.history = json.loads(state["history"])
     result.best_epoch, result.best_val_accuracy = state["best_epoch"], state["best_val_accuracy"]
+    # A checkpoint written before `best_val` existed monitored the validation accuracy.
+    result.best_val = state.get("best_val", state["best_val_accuracy"])
     for key, tensor in (extra_state or {}).items():
         tensor.copy_(state["extra_state"][key])
     return state["epoch"] + 1, state["best_state"]
@@ -518,4 +593,5 @@ def train(model: nn.Module, data: Any, cfg: TrainConfig, *, val: Any | None = No
         >>> train(model, train_loader, TrainConfig(epochs=3), val=val_loader)             # doctest: +SKIP
     """
     train_set, val_set = splits(data, val)
-    return fit(model, train_set, val_set, cfg, seed=seed, stage=stage, log=log)
+    return fit(model, train_set, val_set, cfg, seed=seed, stage=stage, log=log,
+               task=task_of(train_set, val_set, data))

@@ -48,7 +48,7 @@ class DistillStage(Stage, KDConfig):
             facts["init_from"] = next((a.name for a in reversed(state.artifacts)
                                        if a.runtime == "pytorch" and a.model is state.model), None)
         agreement = None
-        if dist.is_main():
+        if dist.is_main() and state.task.num_classes > 0:  # embeddings have no top-1 to agree on
             # Top-1 agreement with the teacher(s) on the test set: how much of the teacher's function was transferred.
             agreement = TeacherAgreement.measure(model, teachers, state.test_inputs(), self)
             state.log(f"[{self.label}] top-1 agreement with the teacher on the test set: "
@@ -59,6 +59,10 @@ class DistillStage(Stage, KDConfig):
         names = recipe.teacher_names()
         if not names:
             raise ValueError(f"{where} (distill): needs a `teacher:` section to distill from")
+        if recipe.data.task == "sentence-embedding" and not self.losses:
+            raise ValueError(f"{where} (distill): sentence embeddings have no logits for Hinton KD; give losses: "
+                             f"[{{name: embedding}}] (the teacher's embeddings, each batch), or use a `train` stage "
+                             f"(its embeddings computed once)")
         for name in self.teachers or []:
             if name not in names:
                 raise ValueError(f"{where}.teachers: unknown teacher '{name}'{did_you_mean(name, names)}; "

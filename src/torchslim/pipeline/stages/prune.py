@@ -52,12 +52,12 @@ class PruneStage(Stage, PruneConfig):
         from the recipe's model section when it builds the same architecture (its own init, e.g. He init for
         ResNets), else PyTorch's default init of a copy, e.g. after structured pruning changed the widths."""
         spec = state.recipe.student if state.student else state.recipe.teacher
-        if spec is not None:
+        if spec is not None and not getattr(spec, "from_teacher", False):  # a copy of the teacher is no fresh init
             torch.manual_seed(seed)
             fresh = state.create(spec)
             if {k: v.shape for k, v in fresh.state_dict().items()} == \
                     {k: v.shape for k, v in state.model.state_dict().items()}:
-                return fresh, f"{spec.model or spec.factory} factory, seed {seed}"
+                return fresh, f"{spec.describe()}, seed {seed}"
         return reinitialize_(copy.deepcopy(state.model), seed), f"reset_parameters of the current model, seed {seed}"
 
 

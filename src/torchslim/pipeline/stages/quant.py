@@ -24,10 +24,18 @@ class QuantizeStage(Stage, StaticInt8Config):
 
     type: Literal["quantize"]
     mode: Literal["static", "dynamic"] = "static"
+    exclude: list[str] = Field(default_factory=list, description="dynamic: ONNX node-name globs left in float (the "
+                                                                "few MatMuls whose int8 error matters most)")
     stage_runtime = "onnxruntime"
 
+    @model_validator(mode="after")
+    def _exclude_is_dynamic(self) -> QuantizeStage:
+        if self.exclude and self.mode != "dynamic":
+            raise ValueError("exclude applies to mode: dynamic (static QDQ quantizes every layer)")
+        return self
+
     def run(self, state: RunState, seed: int) -> Artifact:
-        cfg = self if self.mode == "static" else DynamicInt8Config(per_channel=self.per_channel)
+        cfg = self if self.mode == "static" else DynamicInt8Config(per_channel=self.per_channel, exclude=self.exclude)
         art = quantize(state.model, cfg, state.data, state.out / f"{self.label}.onnx", name=self.label, seed=seed)
         art.source = self.source(state)
         v = art.record(QuantizationRecord).vs_fp32
