@@ -106,6 +106,9 @@ _HOMES = {
     "mixed_precision": "torchslim.quant.sensitivity",
     "teacher_agreement": "torchslim.distillation.kd",
     "datafree": "torchslim.pipeline.stages.distill",
+    "llm_pruning": "torchslim.pipeline.stages.llm",
+    "weight_only": "torchslim.pipeline.stages.llm",
+    "int4_export": "torchslim.pipeline.stages.llm",
 }
 
 

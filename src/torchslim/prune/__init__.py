@@ -21,6 +21,15 @@ from torchslim.prune.codebook import (
 from torchslim.prune.config import MagnitudePruneConfig, PruneConfig
 from torchslim.prune.criteria import CRITERIA
 from torchslim.prune.han import han_prune_, han_threshold_masks
+from torchslim.prune.latency import (
+    LatencyTable,
+    latency_key,
+    layer_latency_curves,
+    plan_widths,
+    plot_latency_curves,
+    prune_channels_to_latency,
+    snap_width,
+)
 from torchslim.prune.llm import (
     LLM_PRUNERS,
     LLMPruneConfig,
@@ -72,5 +81,7 @@ __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "Magnitud
            "layer_sensitivity", "plot_sensitivity_curves", "sparsities_from_sensitivity",
            "ChannelPruneConfig", "CHANNEL_IMPORTANCE", "prune_channels_", "prune_channels_to_target",
            "resize_to_state_dict_",
+           "LatencyTable", "latency_key", "layer_latency_curves", "plan_widths", "plot_latency_curves",
+           "prune_channels_to_latency", "snap_width",
            "LLMPruneConfig", "LLMPruneResult", "LLM_PRUNERS", "prune_llm_", "wanda_prune_", "sparsegpt_prune_",
            "prune_ffn_", "ffn_importance", "ffn_layers"]

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
@@ -38,11 +38,12 @@ from torch.nn.modules.conv import _ConvNd
 from torchslim.config import Config
 from torchslim.errors import TorchslimError
 from torchslim.prune.masks import detach_masks
-from torchslim.records import DASH, Record, Table, json_text, percent, register
+from torchslim.records import DASH, Figure, Record, Table, json_text, percent, register
 from torchslim.registry import Registry
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
+    from torchslim.prune.latency import LatencyTable
     from torchslim.training.config import TrainConfig
 
 # The ratio is stepped in this many increments (each removes ~max_pruning_ratio/200 of the channels) until the
@@ -54,7 +55,9 @@ CHANNEL_IMPORTANCE: Registry[Callable[..., Any]] = Registry("channel importance"
 
 
 class ChannelPruneConfig(Config):
-    """Remove whole channels (conv filters, linear units) until the model has `macs_reduction`× fewer MACs.
+    """Remove whole channels (conv filters, linear units) until the model has `macs_reduction`× fewer MACs, or, with
+    ``target="latency"``, until it runs `latency_reduction`× faster (or in `latency_ms`) as timed in
+    `latency_runtime` with `threads` threads at `batch_size` (:mod:`torchslim.prune.latency`).
 
     ``scope="global"`` ranks the channels of all layers together (layers end with different widths); ``"uniform"``
     removes the same fraction from every layer. ``rounds`` reaches the target in steps (the MACs shrink by the same
@@ -62,12 +65,38 @@ class ChannelPruneConfig(Config):
     The final classifier's outputs are always kept; so are the outputs of layers matching an ``exclude`` glob (and
     of every layer coupled to them, e.g. through a residual add).
 
+    The fields of one target (TARGET_FIELDS) are an error with the other; left out, they get the target's default
+    (TARGET_DEFAULTS), so a resolved recipe shows the values used. With target latency, the widths are chosen on a
+    grid of multiples of ``round_to`` (8 when unset) by timing, and ``scope`` must be global.
+
     Example:
         >>> ChannelPruneConfig(macs_reduction=2.0, rounds=2).round_targets(1000)
         [707, 500]
+        >>> ChannelPruneConfig(target="latency").latency_reduction
+        2.0
     """
 
-    macs_reduction: float = Field(2.0, gt=1, le=100, description="MACs before / MACs after (2.0 = half the MACs)")
+    target: Literal["macs", "latency"] = Field("macs", description="what the budget counts: MACs, or time measured "
+                                                                   "in latency_runtime")
+    macs_reduction: float | None = Field(None, gt=1, le=100, description="target macs: MACs before / MACs after (2.0 "
+                                                                         "= half the MACs; the default)")
+    latency_reduction: float | None = Field(None, gt=1, le=100, description="target latency: measured time before / "
+                                                                            "after (default 2.0 unless latency_ms)")
+    latency_ms: float | None = Field(None, gt=0, le=1e6, description="target latency: the time to reach instead, "
+                                                                     "ms per call at batch_size")
+    latency_runtime: Literal["onnxruntime", "pytorch"] | None = Field(
+        None, description="target latency: where the model is timed (default onnxruntime)")
+    threads: int | None = Field(None, ge=1, le=1024, description="target latency: threads of the timed runtime "
+                                                                 "(default 1)")
+    batch_size: int | None = Field(None, ge=1, le=65536, description="target latency: the batch size timed (default "
+                                                                     "1); the training batch is train.batch_size")
+    latency_tolerance: float | None = Field(None, ge=0, le=1, description="target latency: the measured time may "
+                                                                          "miss the budget by this fraction (timing "
+                                                                          "noise) before the stage fails (default 0)")
+    latency_seconds: float | None = Field(None, gt=0, le=600, description="target latency: seconds of timing per "
+                                                                          "model and measurement (default 1.0)")
+    latency_cache: str | None = Field(None, description="target latency: the folder of cached latency tables "
+                                                        "(default ~/.cache/torchslim/latency)")
     importance: str = Field("l1", description="how channels are ranked: see `torchslim list channel-importances`")
     scope: Literal["global", "uniform"] = "global"
     rounds: int = Field(1, ge=1, le=20, description="prune/fine-tune rounds to reach the target")
@@ -86,9 +115,51 @@ class ChannelPruneConfig(Config):
             raise ValueError(str(e)) from None
         return name
 
+    @model_validator(mode="before")
+    @classmethod
+    def _target_defaults(cls, data):
+        if not isinstance(data, dict):
+            return data
+        target = data.get("target") or "macs"
+        data = dict(data)
+        for name, default in TARGET_DEFAULTS.items():
+            if data.get(name) is None and TARGET_FIELDS[name] == target and \
+                    not (name == "latency_reduction" and data.get("latency_ms") is not None):
+                data[name] = default
+        return data
+
+    @model_validator(mode="after")
+    def _target_fields(self):
+        for name, target in TARGET_FIELDS.items():
+            if getattr(self, name) is not None and self.target != target:
+                raise ValueError(f"`{name}` is a target: {target} setting, and target is '{self.target}'; remove it "
+                                 f"or set target: {target}")
+        if self.target == "latency":
+            if self.latency_cache is not None and not self.latency_cache.strip():
+                raise ValueError("latency_cache must name a folder (or be left out for ~/.cache/torchslim/latency)")
+            if self.latency_reduction is not None and self.latency_ms is not None:
+                raise ValueError(f"give latency_reduction ({self.latency_reduction}) or latency_ms "
+                                 f"({self.latency_ms}), not both")
+            if self.scope != "global":
+                raise ValueError(f"target latency ranks the channels of all layers together by time saved (scope "
+                                 f"global); scope '{self.scope}' is for target macs")
+        return self
+
     def round_targets(self, macs: int) -> list[int]:
         """MACs to reach after each round, starting from `macs`: the same reduction factor every round."""
+        if self.macs_reduction is None:
+            raise TorchslimError("round_targets: this config has target latency; its rounds are timed, not counted")
         return [int(macs / self.macs_reduction ** (k / self.rounds)) for k in range(1, self.rounds + 1)]
+
+
+# Which target uses which field, and the defaults they get when left out (latency_cache: None is the default folder).
+TARGET_FIELDS: dict[str, str] = {
+    "macs_reduction": "macs", "latency_reduction": "latency", "latency_ms": "latency", "latency_runtime": "latency",
+    "threads": "latency", "batch_size": "latency", "latency_tolerance": "latency", "latency_seconds": "latency",
+    "latency_cache": "latency"}
+TARGET_DEFAULTS: dict[str, Any] = {
+    "macs_reduction": 2.0, "latency_reduction": 2.0, "latency_runtime": "onnxruntime", "threads": 1, "batch_size": 1,
+    "latency_tolerance": 0.0, "latency_seconds": 1.0}
 
 
 # ------------------------------------------------------------------------------------------------------ importances
@@ -167,6 +238,9 @@ def prune_channels_(model: nn.Module, cfg: ChannelPruneConfig, example_inputs: t
 
     from torchslim.models.counting import count_macs, count_params
 
+    if cfg.target != "macs":
+        raise TorchslimError("prune_channels_ prunes to a MACs target; target latency times the model between rounds: "
+                             "use prune_channels_to_target")
     one = example_inputs[:1]  # MACs of one sample
     macs_before, params_before = count_macs(model, one), count_params(model)[0]
     target = int(macs_before / cfg.macs_reduction) if target_macs is None else int(target_macs)
@@ -214,9 +288,15 @@ def _channel_config(cfg: ChannelPruneConfig) -> ChannelPruneConfig:
 def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: DataBundle, train: TrainConfig, *,
                              example_inputs: torch.Tensor, seed: int = 0,
                              checkpoint: Callable[[int], str | Path | None] | None = None,
-                             stage: str = "prune_channels", log: Callable[[str], None] = print) -> dict:
+                             stage: str = "prune_channels", log: Callable[[str], None] = print,
+                             latency_table: LatencyTable | None = None) -> dict:
     """Remove channels from `model` in place until it has ``cfg.macs_reduction``× fewer MACs, in ``cfg.rounds``
     rounds (the same reduction factor each), fine-tuning for ``train.epochs`` after each round; return the record.
+
+    With ``cfg.target == "latency"`` the budget is time instead, measured in ``cfg.latency_runtime``:
+    :func:`torchslim.prune.latency.prune_channels_to_latency` runs (same rounds, same record plus ``"latency"``:
+    predicted and measured ms, the table's build, the per-group latency curves); `latency_table` (a
+    :class:`~torchslim.prune.latency.LatencyTable`) overrides the one the config would make.
 
     Round k prunes to ``cfg.round_targets(macs)[k]`` with :func:`prune_channels_`, then trains with
     ``fit(seed=seed + k)`` and ``checkpoint(k)`` as its checkpoint file (pruning is deterministic, so a resumed run
@@ -244,6 +324,11 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
     from torchslim.training.loop import fit
 
     cfg = _channel_config(cfg)
+    if cfg.target == "latency":
+        from torchslim.prune.latency import prune_channels_to_latency
+
+        return prune_channels_to_latency(model, cfg, data, train, example_inputs=example_inputs, seed=seed,
+                                         checkpoint=checkpoint, stage=stage, log=log, table=latency_table)
     macs, params = count_macs(model, example_inputs[:1]), count_params(model)[0]
     ckpt = checkpoint or (lambda k: None)
     widths, rounds = None, []
@@ -285,22 +370,62 @@ class ChannelPruningRecord(Record):
     channels: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     rounds: list[dict] = dataclasses.field(default_factory=list)
     prune_channels: dict = dataclasses.field(default_factory=dict)
+    latency: dict = dataclasses.field(default_factory=dict)
 
     def summary(self) -> list[tuple[str, str]]:
         rows = [("MACs", f"{self.macs_before:,} → {self.macs_after:,} ({self.macs_reduction:.2f}× fewer)"),
                 ("parameters", f"{self.params_before:,} → {self.params_after:,}")]
+        lat = self.latency
+        if lat:
+            def ms(x):
+                return f"{x:.4g} ms" if isinstance(x, (int, float)) else DASH
+
+            want = (f"{lat['latency_reduction']:g}× faster" if lat.get("latency_reduction")
+                    else f"{ms(lat.get('latency_ms'))}")
+            reduction = lat.get("measured_reduction")
+            rows.append(("latency", f"{ms(lat.get('dense_ms'))} → measured {ms(lat.get('measured_ms'))}"
+                         + (f" ({reduction:.2f}× faster)" if isinstance(reduction, (int, float)) else "")
+                         + f", predicted {ms(lat.get('predicted_ms'))}; target {want} in {lat.get('runtime')}, "
+                         f"{lat.get('threads')} thread(s), batch {lat.get('batch_size')}"))
+            table = lat.get("table") or {}
+            rows.append(("latency table", f"{table.get('measured_cells', 0)} cells timed in "
+                         f"{table.get('seconds', 0):.1f} s, {table.get('cached_cells', 0)} from the cache "
+                         f"({table.get('cache') or 'not cached'}); plot: the latency-widths figure"))
         return rows + ([("prune_channels config", json_text(self.prune_channels))] if self.prune_channels else [])
+
+    def figures(self, artifact: str) -> list[Figure]:
+        curves = self.latency.get("curves") if self.latency else None
+        if not curves:
+            return []
+        from torchslim.prune.latency import render_latency_curves
+
+        chosen = {g: w[1] for g, w in (self.latency.get("widths") or {}).items()}
+        return [Figure("latency-widths", f"latency vs width of each layer group of {artifact}",
+                       lambda: render_latency_curves(curves, chosen=chosen, title=(
+                           f"{artifact}: latency vs width, {self.latency.get('runtime')}, batch "
+                           f"{self.latency.get('batch_size')}")))]
 
     def tables(self) -> list[Table]:
         tables = [(["layer", "channels before", "channels after"],
                    [[str(layer), str(c[0]), str(c[1])] for layer, c in self.channels.items()])] if self.channels else []
-        if self.rounds:
+        if self.rounds and "target_ms" in self.rounds[0]:
+            rows = [[str(k), _ms(r.get("target_ms")), _ms(r.get("predicted_ms")), _ms(r.get("measured_ms")),
+                     str(r.get("corrections", 0)), f"{r.get('macs', 0):,}", str(len(r.get("history") or [])),
+                     f"{percent(r.get('best_val_accuracy'))} (epoch {r['best_epoch']})"
+                     if r.get("best_epoch") is not None else DASH] for k, r in enumerate(self.rounds, start=1)]
+            tables.append((["round", "target ms", "predicted ms", "measured ms", "corrections", "MACs", "epochs",
+                            "kept val accuracy"], rows))
+        elif self.rounds:
             rows = [[str(k), f"{r.get('target_macs', 0):,.0f}", f"{r.get('macs', 0):,}", f"{r.get('params', 0):,}",
                      str(len(r.get("history") or [])),
                      f"{percent(r.get('best_val_accuracy'))} (epoch {r['best_epoch']})"
                      if r.get("best_epoch") is not None else DASH] for k, r in enumerate(self.rounds, start=1)]
             tables.append((["round", "target MACs", "MACs", "params", "epochs", "kept val accuracy"], rows))
         return tables
+
+
+def _ms(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) and not isinstance(x, bool) else DASH
 
 
 def _widths(model: nn.Module) -> dict[str, int]:

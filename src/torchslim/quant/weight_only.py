@@ -18,7 +18,8 @@ The methods (registered in WEIGHT_ONLY_METHODS):
   Cholesky factor of H⁻¹, lazily in blocks of ``blocksize`` columns. ``act_order`` visits the columns by decreasing
   diag H (the inputs with the most energy first). Groups are always the original consecutive columns: a group's
   scale and zero point are fixed when its first column is reached, from the current (error-compensated) values of
-  all its columns, so the codes need no reordering index (``g_idx``) at run time.
+  all its columns, so the codes need no reordering index (``g_idx``) at run time. Weights that are exactly zero
+  (a pruned model's) stay zero: the error spread onto them is dropped, as SparseGPT's joint quantization does.
 * ``awq`` (Lin et al. 2023) — per input channel scales s = mean|X|^α (normalized to √(max·min) = 1), α searched over
   ``awq_grid`` points in [0, 1) for the lowest output error of the quantized layers on calibration tokens; the
   weights are multiplied by s before quantization and the input divided by s. Layers that read one input tensor
@@ -259,6 +260,7 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int 
     _kill_dead(w, h)
     perm = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else torch.arange(cols)
     w, h = w[:, perm], h[perm][:, perm]
+    keep = w != 0  # weights already zero (pruned) stay zero: the error spread onto them is dropped
     u = damped_inverse_factor(h, percdamp, "gptq")
     groups = cols // size
     scales = torch.ones(rows, groups)
@@ -278,9 +280,10 @@ def gptq_quantize_weight(weight: torch.Tensor, hessian: torch.Tensor, bits: int 
                 at = position[g * size:(g + 1) * size]
                 inside, later = at[at < i2], at[at >= i2]
                 current = torch.cat([w1[:, inside - i1], w[:, later] - err1[:, :i] @ u[i1:i1 + i, later]], dim=1)
+                current = current * torch.cat([keep[:, inside], keep[:, later]], dim=1)
                 scales[:, g], zeros[:, g] = _grid(current, bits, symmetric)
                 ready[g] = True
-            col = w1[:, i]
+            col = w1[:, i] * keep[:, i1 + i]
             q = _codes(col, scales[:, g], zeros[:, g], bits)
             deq = (q - zeros[:, g]) * scales[:, g]
             codes[:, perm[i1 + i]] = q
@@ -428,7 +431,8 @@ def _fold(group: _Group, s: torch.Tensor, unit: CalibrationUnit, model: nn.Modul
                          isinstance(p, nn.Linear) and p.out_features == s.numel()):
         return False
     readers = [model.get_submodule(n) for n in group.layers + group.others]
-    saved = {id(t): t.detach().clone() for t in _fold_tensors(p, readers)}
+    tensors = _fold_tensors(p, readers)  # held: the ids of fresh `.data` views would not identify them again
+    saved = [t.detach().clone() for t in tensors]
     with torch.no_grad():
         _scale_producer(p, 1 / s)
         for layer in readers:
@@ -438,8 +442,8 @@ def _fold(group: _Group, s: torch.Tensor, unit: CalibrationUnit, model: nn.Modul
     if out.shape == reference.shape and torch.allclose(out.float(), reference.float(), rtol=1e-3, atol=tol):
         return True
     with torch.no_grad():
-        for t in _fold_tensors(p, readers):
-            t.copy_(saved[id(t)])
+        for t, before in zip(tensors, saved):
+            t.copy_(before)
     return False
 
 

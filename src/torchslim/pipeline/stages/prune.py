@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from torchslim.artifact import Artifact
+from torchslim.errors import TorchslimError
 from torchslim.pipeline.stages.base import STAGES, RunState, Stage
 from torchslim.prune import (ChannelPruneConfig, CodebookConfig, PruneConfig, finetune_codebooks,
                              prune_channels_to_target, prune_with_schedule, reinitialize_, share_weights_)
@@ -61,15 +62,25 @@ class PruneStage(Stage, PruneConfig):
         return reinitialize_(copy.deepcopy(state.model), seed), f"reset_parameters of the current model, seed {seed}"
 
 
-@STAGES.register("prune_channels", help="structured pruning: remove whole channels down to a MACs target "
-                                        "(Torch-Pruning's dependency graph), fine-tuning after each round")
+@STAGES.register("prune_channels", help="structured pruning: remove whole channels down to a MACs or a measured "
+                                        "latency target (Torch-Pruning's dependency graph), fine-tuning after each "
+                                        "round")
 class PruneChannelsStage(Stage, ChannelPruneConfig):
     """Structured pruning: remove whole channels (following residual and batch-norm couplings) until the model has
-    `macs_reduction`× fewer MACs, in `rounds` rounds with `train` fine-tuning after each. The model really shrinks."""
+    `macs_reduction`× fewer MACs, in `rounds` rounds with `train` fine-tuning after each. The model really shrinks.
+    ``target: latency`` prunes to a time budget measured in `latency_runtime` instead (``latency_reduction`` or
+    ``latency_ms``, at `batch_size` with `threads`); the record holds predicted and measured latency and the plot of
+    latency vs width per layer group."""
 
     type: Literal["prune_channels"]
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
     every_rank = True
+
+    def check(self, state: RunState) -> None:
+        x = state.example_inputs(1)
+        if self.target == "latency" and not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            raise TorchslimError(f"prune_channels: target latency times image-like models (one float input); the "
+                                 f"{state.task.name} task's inputs are not: use target macs")
 
     def run(self, state: RunState, seed: int) -> Artifact:
         model = self.start_model(state)
