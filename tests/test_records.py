@@ -12,6 +12,7 @@ from torchslim.distillation.kd import TeacherAgreement
 from torchslim.evaluation.report import render_html, render_markdown
 from torchslim.export.onnx import OnnxVerification
 from torchslim.pipeline.stages.distill import DataFreeRecord
+from torchslim.pipeline.stages.llm import Int4ExportRecord, LLMPruningRecord, WeightOnlyRecord
 from torchslim.prune.schedules import PruningRecord, SparsityRecord, pruning_records
 from torchslim.prune.sensitivity import SensitivityPlan
 from torchslim.prune.structured import ChannelPruningRecord
@@ -42,6 +43,10 @@ SAMPLES = [
                        vs_fp32=OnnxVerification(0.03, 0.997, 360), kernels={"QGemm": 2, "QuantizeLinear": 1}),
     MixedPrecisionRecord({"fc1": 4, "fc2": 32}, 882, 1554, [{"layer": "fc1", "bits": 4, "drop": 3.4, "kl": 0.1}],
                          "val", budget_bytes=932.4),
+    LLMPruningRecord("wanda", "2:4", 0.5, 0.5, {"h.0.fc": 0.5}, {"windows": 128, "batches": 16, "batch_size": 8,
+                     "tokens_per_window": 64, "tokens": 8192, "split": "train"}, True, 1.5),
+    WeightOnlyRecord("gptq", 4, 32, layers=8, packed_bytes=57_000, float_bytes=393_216),
+    Int4ExportRecord(4, 32, 8, 393_216, 62_976, OnnxVerification(1.4e-6, 1.0, 8), {"MatMulNBits": 8}),
     TeacherAgreement(0.97, {"teacher": 0.96, "t2": 0.95}),
     DataFreeRecord("noise", HISTORY[:1], 1, 0.6, few_data_indices=[3, 1], details={"teacher_val_accuracy": 0.8}),
 ]
