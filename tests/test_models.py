@@ -33,7 +33,8 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-TEXT_MODELS = {"textcnn", "bilstm"}  # token ids in: tested in test_text_models.py
+# Token ids in: tested in test_text_models.py (textcnn, bilstm), test_hf_models.py (bert), test_causal_lm.py (gpt*).
+TEXT_MODELS = {"textcnn", "bilstm", "bert", "gpt", "gpt-nano", "gpt-mini", "gpt-shakespeare"}
 
 
 def test_every_registered_model_has_a_natural_input() -> None:
