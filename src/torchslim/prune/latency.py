@@ -19,6 +19,9 @@ widths its neighbours have: the rows of the layers it feeds out of, at their pro
 the layers it feeds into. What isolated cells miss (the residual adds and pooling, the call overhead each isolated
 cell pays once, the layout reorders at the edges of an isolated ONNX graph) is fitted against real timings of the
 whole model: predicted = a·Σ cells + b, b from the dense model and a refitted each time the pruned model is timed.
+(Measured on this project's 2-core machine, ONNX Runtime at batch 64 on 14×14 and 28×28 inputs: an isolated 3×3
+conv of 16 to 32 channels takes 4-19% longer than the same conv inside a chain of them, one of 8 channels 7% less.) A measurement that misses the
+prediction also times again the cells the pruned widths rely on: a cell timed at a busy moment is the commoner cause.
 
 **The cache.** Cells are JSON files under ``~/.cache/torchslim/latency`` (``$XDG_CACHE_HOME/torchslim/latency``, or
 an explicit folder), one per layer signature, named by a hash of the full key: CPU model string, core count, the
@@ -248,18 +251,22 @@ class LatencyTable:
         """Whether the cell is known (measured or cached) without timing it."""
         return (cin, cout) in self._cells_of(signature)
 
-    def ensure(self, cells: Iterable[tuple[str, int, int]]) -> int:
-        """Time the cells not known yet, interleaved per input shape, and write them to the cache; returns how many
-        were timed."""
+    def ensure(self, cells: Iterable[tuple[str, int, int]], *, again: bool = False, seconds: float | None = None
+               ) -> int:
+        """Time the cells not known yet (with ``again``, all of them, replacing what is known: a re-timing when the
+        model's real time disagrees with the table), interleaved per input shape, ``seconds`` each (default
+        ``cell_seconds``), and write them to the cache; returns how many were timed."""
         missing: dict[tuple[str, int], list[int]] = {}
         for signature, cin, cout in cells:
-            if (cin, cout) not in self._cells_of(signature) and cout not in missing.get((signature, cin), []):
+            if (again or (cin, cout) not in self._cells_of(signature)) and \
+                    cout not in missing.get((signature, cin), []):
                 missing.setdefault((signature, cin), []).append(cout)
         changed = set()
         for (signature, cin), couts in missing.items():
             spec = json.loads(signature)
+            self._cells_of(signature)
             t0 = time.perf_counter()
-            ms = self.timer([_unit(spec, cin, c) for c in couts], _unit_input(spec, cin), self.cell_seconds)
+            ms = self.timer([_unit(spec, cin, c) for c in couts], _unit_input(spec, cin), seconds or self.cell_seconds)
             self.seconds += time.perf_counter() - t0
             self.measured += len(couts)
             # Rounded to the ns as stored: a table read back from the cache gives the very same numbers.
@@ -472,8 +479,6 @@ def _layout(model: nn.Module, example_inputs: torch.Tensor, exclude: Sequence[st
                 in_group = None  # an input that is not one group's channels (a reshape we cannot follow)
             else:
                 per_channel, cin = cin_total // groups[in_group], groups[in_group]
-        if isinstance(m, nn.Linear) and in_group is None:
-            per_channel, cin = 1, cin_total
         spec = _signature(m, x, bn, act, per_channel)
         layers.append(_Layer(names[m], json.dumps(spec, sort_keys=True), in_group, out_group, cin, cout, calls))
     return _Layout(groups, layers, step, graph, tp_groups)
@@ -524,16 +529,18 @@ def plan_widths(widths: Mapping[str, int], choices: Mapping[str, Sequence[int]],
                 predict: Callable[[Mapping[str, int]], float], target_ms: float, *,
                 scores: Mapping[str, Sequence[float]] | None = None, floors: Mapping[str, int] | None = None,
                 min_saving: float = 0.0, prepare: Callable[[Mapping[str, int]], Any] | None = None,
-                steps: list[dict] | None = None) -> dict[str, int]:
+                steps: list[dict] | None = None,
+                cost: Callable[[str, Mapping[str, int], int], float] | None = None) -> dict[str, int]:
     """Greedy (NetAdapt-style) widths that bring the predicted latency to `target_ms` or below.
 
     Each step looks, for every group, at its cheapest useful cut: the widest width in ``choices[group]`` below the
     current one (and not below ``floors[group]``) that saves at least `min_saving` × the current latency, which is
     the top of the next lower kernel step (a width just past a step is as slow as the next step up, so it is never
-    chosen). It takes the cut whose lost importance per millisecond saved is smallest: ``scores[group]`` holds one
-    importance per channel (the lowest go first; without scores, each channel counts 1). It stops at the first
-    widths predicted at or under `target_ms`. `prepare(widths)` runs before each step (the table times the cells
-    the step will read); `steps`, when given a list, receives one dict per step.
+    chosen). It takes the cut that costs least per millisecond saved: by default the importance it removes
+    (``scores[group]`` holds one importance per channel, the lowest go first; without scores each channel counts 1);
+    with `cost`, ``cost(group, widths, new_width)`` (e.g. the validation loss it adds; negative counts as 0). It
+    stops at the first widths predicted at or under `target_ms`. `prepare(widths)` runs before each step (the table
+    times the cells the step will read); `steps`, when given a list, receives one dict per step.
 
     Example:
         >>> plan_widths({"a": 32, "b": 32}, {"a": [8, 16, 24, 32], "b": [8, 16, 24, 32]},
@@ -556,40 +563,43 @@ def plan_widths(widths: Mapping[str, int], choices: Mapping[str, Sequence[int]],
                 saved = latency - trial
                 if saved > 0 and saved >= min_saving * latency:
                     gone = ranked.get(group)
-                    cost = (sum(gone[start[group] - cur[group]:start[group] - w]) if gone is not None
+                    lost = (max(0.0, float(cost(group, cur, w))) if cost is not None
+                            else sum(gone[start[group] - cur[group]:start[group] - w]) if gone is not None
                             else float(cur[group] - w))
-                    rank = (cost / saved, -saved)
+                    rank = (lost / saved, -saved)
                     if best is None or rank < best[0]:
-                        best = (rank, group, w, trial, cost, saved)
+                        best = (rank, group, w, trial, lost, saved)
                     break
         if best is None:
             raise TorchslimError(
                 f"prune_channels: the latency table predicts {latency:.4g} ms at best with every group at its "
                 f"narrowest allowed width, above the target {target_ms:.4g} ms; raise max_pruning_ratio, exclude "
                 f"fewer layers, use more rounds or a smaller reduction")
-        _, group, w, latency, cost, saved = best
+        _, group, w, latency, lost, saved = best
         if steps is not None:
-            steps.append({"group": group, "from": cur[group], "to": w, "saved_ms": saved, "cost": cost,
+            steps.append({"group": group, "from": cur[group], "to": w, "saved_ms": saved, "cost": lost,
                           "predicted_ms": latency})
         cur[group] = w
     return cur
 
 
 class _Calibration:
-    """predicted = a·Σ cells + b: b from the dense model's real time, a refitted from the first and the latest real
-    timing (anchored at the latest, which is nearest the target), kept within [0.2, 5]."""
+    """predicted = a·Σ cells + b: b from the dense model's real time, a refitted from the dense and the latest real
+    timing (anchored at the latest, which is nearest the target), kept within [0.2, 5]. `dense_total()` gives the
+    dense model's Σ cells from the table as it is now (cells may have been timed again since)."""
 
-    def __init__(self, total: float, measured: float) -> None:
-        self.first = (total, measured)
-        self.a, self.b = 1.0, measured - total
+    def __init__(self, dense_total: Callable[[], float], measured: float) -> None:
+        self.dense_total, self.measured = dense_total, measured
+        self.a, self.b = 1.0, None  # b on first use: a resumed run that replays its rounds reads no cell
 
     def update(self, total: float, measured: float) -> None:
-        s0, m0 = self.first
-        if abs(s0 - total) > 0.02 * s0:
-            self.a = min(5.0, max(0.2, (m0 - measured) / (s0 - total)))
+        s0, m0 = self.dense_total(), self.measured
+        self.a = min(5.0, max(0.2, (m0 - measured) / (s0 - total))) if abs(s0 - total) > 0.02 * s0 else 1.0
         self.b = measured - self.a * total
 
     def __call__(self, total: float) -> float:
+        if self.b is None:
+            self.b = self.measured - self.dense_total()
         return self.a * total + self.b
 
 
@@ -599,6 +609,67 @@ def _scores(layout: _Layout, importance: Any) -> dict[str, list[float]]:
         s = importance(group)
         out[name] = [1.0] * layout.groups[name] if s is None else [float(v) for v in s.detach().flatten()]
     return out
+
+
+class _LossCost:
+    """``cost(group, widths, new_width)`` for :func:`plan_widths`: how much the mean cross-entropy on a few fixed
+    batches rises when the group goes from ``widths[group]`` to ``new_width`` channels, the others at `widths`.
+
+    Pruning is simulated, not done: the channels that would go (the lowest-scored) are zeroed at the output of every
+    layer and batch norm of the group, which is what consumers see once they are removed (a zero channel adds
+    nothing, ReLU keeps it zero). NetAdapt fine-tunes every candidate briefly; this takes the loss right after the
+    cut instead. A cut's cost is computed once and kept while the other groups change (each step re-scores only the
+    group it cut): the interactions between groups are left out, which costs one forward pass per step instead of
+    one per group."""
+
+    def __init__(self, model: nn.Module, layout: _Layout, scores: Mapping[str, Sequence[float]], batches: list) -> None:
+        self.model, self.layout, self.batches = model, layout, batches
+        self.order = {g: sorted(range(n), key=lambda i: (scores[g][i], i)) for g, n in layout.groups.items()}
+        self.known: dict[tuple[str, int, int], float] = {}
+        self.base: dict[tuple, float] = {}
+
+    def loss(self, widths: Mapping[str, int]) -> float:
+        import torch.nn.functional as F
+
+        hooks = []
+        for group, width in widths.items():
+            n = self.layout.groups[group]
+            if width >= n:
+                continue
+            mask = torch.ones(n)
+            mask[self.order[group][:n - width]] = 0
+            for dep, _ in self.layout.tp_groups[group]:
+                m = dep.target.module
+                if isinstance(m, _BatchNorm) or (isinstance(m, (_ConvNd, nn.Linear)) and
+                                                 self.layout.graph.is_out_channel_pruning_fn(dep.handler)):
+                    hooks.append(m.register_forward_hook(
+                        lambda mod, args, out, mask=mask: out * mask.view(1, -1, *[1] * (out.dim() - 2))))
+        try:
+            with torch.no_grad():
+                total = sum(float(F.cross_entropy(self.model(x), y, reduction="sum")) for x, y in self.batches)
+        finally:
+            for h in hooks:
+                h.remove()
+        return total / sum(len(y) for _, y in self.batches)
+
+    def __call__(self, group: str, widths: Mapping[str, int], width: int) -> float:
+        key = (group, widths[group], width)
+        if key not in self.known:
+            now = tuple(sorted(widths.items()))
+            if now not in self.base:
+                self.base[now] = self.loss(widths)
+            self.known[key] = self.loss({**widths, group: width}) - self.base[now]
+        return self.known[key]
+
+
+def _loss_batches(data, batches: int) -> list:
+    """`batches` fixed batches of 128 for the loss cost: seeded rows of the validation split (the training split
+    when there is none)."""
+    from torchslim.prune.criteria import training_batches
+
+    split = getattr(data, "val", None)
+    split = split if split is not None and len(split) else getattr(data, "train", data)
+    return training_batches(split, batches, 128, 0, "latency_cost loss")
 
 
 def _apply(layout: _Layout, widths: Mapping[str, int], scores: Mapping[str, Sequence[float]]) -> None:
@@ -647,10 +718,12 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
     1. The table: every group's cells in the context of its neighbours (:func:`layer_latency_curves`, cached), and
        the dense model timed for real; its time over ``latency_reduction`` is the target.
     2. ``cfg.rounds`` rounds, each to the same factor of time (like the MAC mode): widths planned by
-       :func:`plan_widths` on the calibrated prediction (importance from ``cfg.importance``, no group losing more
-       than ``max_pruning_ratio`` of its channels in a round, widths on the grid of ``round_to`` or 8), the model
+       :func:`plan_widths` on the calibrated prediction (a cut's cost ``cfg.latency_cost``: the validation loss it
+       adds, or the importance it removes; channels ranked by ``cfg.importance``; no group losing more than
+       ``max_pruning_ratio`` of its channels in a round; widths on the grid of ``round_to`` or 8), the model
        pruned, timed for real (interleaved with the dense model for a reduction), the prediction recalibrated, and
-       up to 3 more passes if the measurement misses the round's target; then ``train.epochs`` of fine-tuning.
+       up to 3 more passes if the measurement misses the round's target (each after timing the cells it relied on
+       again); then ``train.epochs`` of fine-tuning.
     3. The last measurement must meet the budget within ``cfg.latency_tolerance``; else a one-line error with the
        numbers.
 
@@ -659,11 +732,23 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
     injected timer. Under torchrun, rank 0 times and plans; the widths are broadcast.
 
     Example:
-        >>> cfg = ChannelPruneConfig(target="latency", latency_reduction=1.5, latency_runtime="pytorch")  # doctest: +SKIP
-        >>> info = prune_channels_to_latency(model, cfg, data, TrainConfig(epochs=1), example_inputs=x)   # doctest: +SKIP
-        >>> info["latency"]["measured_reduction"] >= 1.5                                                    # doctest: +SKIP
+        >>> cfg = ChannelPruneConfig(target="latency", latency_reduction=1.5)                      # doctest: +SKIP
+        >>> info = prune_channels_to_latency(model, cfg, data, TrainConfig(epochs=1), example_inputs=x) # doctest: +SKIP
+        >>> info["latency"]["measured_reduction"] >= 1.5                                                # doctest: +SKIP
         True
     """
+    was_training = model.training
+    try:
+        return _prune_channels_to_latency(model, cfg, data, train, example_inputs=example_inputs, seed=seed,
+                                          checkpoint=checkpoint, stage=stage, log=log, table=table)
+    finally:
+        model.train(was_training)
+
+
+def _prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, train, *,
+                               example_inputs: torch.Tensor, seed: int,
+                               checkpoint: Callable[[int], str | os.PathLike | None] | None, stage: str,
+                               log: Callable[[str], None], table: LatencyTable | None) -> dict:
     from torchslim.models.counting import count_macs, count_params
     from torchslim.prune.structured import CHANNEL_IMPORTANCE, _widths
     from torchslim.training import dist
@@ -677,6 +762,7 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
                              f"batch {table.batch_size}; the config asks for {cfg.latency_runtime}, {cfg.threads} "
                              f"thread(s), batch {cfg.batch_size}")
     main = dist.is_main()
+    counters = (table.measured, table.seconds)
     step = cfg.round_to or 8
     shape = tuple(example_inputs.shape[1:])
     one = example_inputs[:1]
@@ -695,7 +781,6 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
             try:
                 table.ensure(layout.neighbourhood(widths0))
                 curves = {g: layout.group_curve(table, g, widths0) for g in layout.groups}
-                total0 = layout.total(table, widths0)
                 dense_ms = table.time_models([dense], shape, cfg.latency_seconds)[0]
             except Exception:
                 _fail_on_all_ranks(1)
@@ -703,7 +788,7 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
             setup = {"build": {"measured_cells": table.measured - m0, "cached_cells": table.loaded - l0,
                                "seconds": round(table.seconds - t0, 3)},
                      "curves": {g: {str(w): ms for w, ms in c.items()} for g, c in curves.items()},
-                     "dense_ms": dense_ms, "dense_cells_ms": total0}
+                     "dense_ms": dense_ms}
             log(f"[{stage}] latency table ({cfg.latency_runtime}, {cfg.threads} thread(s), batch {cfg.batch_size}): "
                 f"{setup['build']['measured_cells']} cells timed in {setup['build']['seconds']:.1f} s, "
                 f"{setup['build']['cached_cells']} from the cache; dense model {dense_ms:.3f} ms")
@@ -711,7 +796,8 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
     dense_ms = setup["dense_ms"]  # None on the other torchrun ranks: rank 0 alone times
     target_ms = None if dense_ms is None else dense_ms / cfg.latency_reduction if cfg.latency_reduction \
         else cfg.latency_ms
-    calibration = _Calibration(setup["dense_cells_ms"], dense_ms) if main else None
+    # Σ cells of the dense model: from the table as it is (a correction may time cells again).
+    calibration = _Calibration(lambda: layout.total(table, widths0), dense_ms) if main else None
     rounds, last = [], {}
     for k in range(1, cfg.rounds + 1):
         # The same factor of time each round, as the MAC mode shrinks MACs.
@@ -720,8 +806,8 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
         saved = torch.load(plan_file, weights_only=True) if plan_file is not None and plan_file.is_file() else None
         if saved is not None:  # resumed: the same widths, in the same passes, without timing
             for planned in saved["passes"]:
-                layout = _layout(model, example_inputs, cfg.exclude, step)
-                _apply(layout, planned, _scores(layout, CHANNEL_IMPORTANCE.get(cfg.importance)(model, data=data,
+                replay = _layout(model, example_inputs, cfg.exclude, step)
+                _apply(replay, planned, _scores(replay, CHANNEL_IMPORTANCE.get(cfg.importance)(model, data=data,
                                                                                             cfg=cfg)))
                 model.zero_grad(set_to_none=True)
             info = saved["round"]
@@ -730,7 +816,7 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
         else:
             info, passes = _prune_round(model, cfg, data, example_inputs, table, step=step, dense=dense,
                                         dense_ms=dense_ms, round_target=round_target, calibration=calibration,
-                                        stage=stage, k=k, log=log)
+                                        reference=(layout, widths0), stage=stage, k=k, log=log)
             if plan_file is not None and calibration is not None:
                 from torchslim.io import atomic_path
 
@@ -744,15 +830,18 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
                        **({"history": fitted.history, "best_epoch": fitted.best_epoch,
                            "best_val_accuracy": fitted.best_val_accuracy} if fitted else {})})
     widths_after = dict(_layout(model, example_inputs, cfg.exclude, step).groups) if rounds else widths0
-    measured_ms, reduction = last.get("measured_ms"), last.get("measured_reduction")
+    measured_ms, reduction, predicted_ms = last.get("measured_ms"), last.get("measured_reduction"), \
+        last.get("predicted_ms")
+    # Cells timed by the search after the build (0 when resumed: nothing is timed then).
+    search_cells = max(0, table.measured - counters[0] - setup["build"].get("measured_cells", 0))
     summary = {"runtime": cfg.latency_runtime, "threads": cfg.threads, "batch_size": cfg.batch_size,
                "latency_reduction": cfg.latency_reduction, "latency_ms": cfg.latency_ms, "target_ms": target_ms,
-               "dense_ms": dense_ms, "predicted_ms": last.get("predicted_ms"), "measured_ms": measured_ms,
-               "predicted_reduction": dense_ms / last["predicted_ms"] if last.get("predicted_ms") and dense_ms
-               else None,
+               "dense_ms": dense_ms, "predicted_ms": predicted_ms, "measured_ms": measured_ms,
+               "predicted_reduction": dense_ms / predicted_ms if predicted_ms and dense_ms else None,
                "measured_reduction": reduction, "tolerance": cfg.latency_tolerance,
-               "table": {**setup["build"], "cache": str(table.cache_dir) if table.cache_dir else None,
-                         "key": table.key},
+               "table": {**setup["build"], "search_cells": search_cells,
+                         "total_seconds": round(table.seconds - counters[1], 3),
+                         "cache": str(table.cache_dir) if table.cache_dir else None, "key": table.key},
                "curves": setup["curves"], "widths": {g: [w, widths_after.get(g, w)] for g, w in widths0.items()}}
     layer_widths = _widths(model)
     result = {"macs_before": macs0, "macs_after": count_macs(model, one), "params_before": params0,
@@ -782,15 +871,20 @@ def _plan_file(checkpoint: str | os.PathLike | None) -> Path | None:
 
 def _prune_round(model: nn.Module, cfg: ChannelPruneConfig, data, example_inputs: torch.Tensor,
                  table: LatencyTable, *, step: int, dense: nn.Module, dense_ms: float | None,
-                 round_target: float | None, calibration: _Calibration | None, stage: str, k: int,
+                 round_target: float | None, calibration: _Calibration | None,
+                 reference: tuple[_Layout, dict[str, int]], stage: str, k: int,
                  log: Callable[[str], None]) -> tuple[dict, list[dict[str, int]]]:
     """One round: plan, prune, time for real, recalibrate, and prune more while the measurement misses the round's
-    target (at most _CORRECTIONS more passes). Rank 0 (the one with a `calibration`) times and plans. Returns the
-    round's record and the widths of each pass (what a resumed run replays)."""
+    target (at most _CORRECTIONS more passes). A miss first times again, 4× longer, every cell whose value differs
+    between the dense widths (`reference`: the dense model's layout and widths) and the current ones: a cell timed
+    at a busy moment is the likeliest reason for a prediction to be off, and the search would keep trusting it.
+    Rank 0 (the one with a `calibration`) times and plans. Returns the round's record and the widths of each pass
+    (what a resumed run replays)."""
     from torchslim.prune.structured import CHANNEL_IMPORTANCE
 
     shape = tuple(example_inputs.shape[1:])
     main = calibration is not None
+    batches = _loss_batches(data, cfg.importance_batches) if main and cfg.latency_cost == "loss" else None
     passes: list[dict[str, int]] = []
     info: dict[str, Any] = {"target_ms": round_target, "passes": []}
     start: dict[str, int] = {}
@@ -802,7 +896,8 @@ def _prune_round(model: nn.Module, cfg: ChannelPruneConfig, data, example_inputs
         planned: dict[str, int] | None = None
         if main:
             try:
-                planned = _plan(layout, table, calibration, scores, start, cfg.max_pruning_ratio, round_target)
+                cost = _LossCost(model, layout, scores, batches) if batches is not None else None
+                planned = _plan(layout, table, calibration, scores, start, cfg.max_pruning_ratio, round_target, cost)
             except TorchslimError:
                 if attempt == 0:
                     _fail_on_all_ranks(len(layout.groups))
@@ -830,6 +925,13 @@ def _prune_round(model: nn.Module, cfg: ChannelPruneConfig, data, example_inputs
                 f"{info['predicted_ms']:.4g} ms, measured {measured:.4g} ms ({dense_ms / measured:.2f}x faster than "
                 f"dense; round target {round_target:.4g} ms)")
             done = measured <= round_target * (1 + cfg.latency_tolerance)
+            if not done and attempt < _CORRECTIONS:
+                ref_layout, ref_widths = reference
+                before, now = ref_layout.cells(ref_widths), after.cells(after.groups)
+                retimed = table.ensure([c for pair in zip(before, now) if pair[0] != pair[1] for c in pair],
+                                       again=True, seconds=4 * table.cell_seconds)
+                calibration.update(after.total(table, after.groups), measured)
+                info["retimed_cells"] = info.get("retimed_cells", 0) + retimed
         if _shared([int(done)], 1) == [1]:
             break
     info["widths"] = dict(_layout(model, example_inputs, cfg.exclude, step).groups) if passes else start
@@ -838,19 +940,25 @@ def _prune_round(model: nn.Module, cfg: ChannelPruneConfig, data, example_inputs
 
 
 def _plan(layout: _Layout, table: LatencyTable, calibration: _Calibration, scores: Mapping[str, Sequence[float]],
-          start: Mapping[str, int], max_ratio: float, target: float) -> dict[str, int]:
+          start: Mapping[str, int], max_ratio: float, target: float,
+          cost: Callable[[str, Mapping[str, int], int], float] | None = None) -> dict[str, int]:
     """The round's widths from the current ones: unchanged when the calibrated prediction already meets `target`,
-    else :func:`plan_widths` with no group below (1 − max_ratio) of its width at the round's start."""
+    else :func:`plan_widths` with no group below (1 − max_ratio) of its width at the round's start, then the cut
+    groups widened back as far as the target allows."""
     floors = {g: min(w for w in layout.choices(g) if w >= math.ceil(start.get(g, n) * (1 - max_ratio)))
               for g, n in layout.groups.items()}
+    steps: list[dict] = []
     planned = plan_widths(layout.groups, {g: layout.choices(g) for g in layout.groups},
                           lambda w: calibration(layout.total(table, w)), target, scores=scores, floors=floors,
-                          min_saving=_MIN_SAVING, prepare=lambda w: table.ensure(layout.neighbourhood(w)))
-    # Refinement of a coarse grid (wide groups): the widest width on the fine grid (multiples of `step`) below the
-    # next coarse point that still keeps the prediction within the target.
-    for group, width in planned.items():
-        above = [w for w in layout.choices(group) if w > width]
-        for w in range(above[0] - layout.step, width, -layout.step) if above and width < layout.groups[group] else ():
+                          min_saving=_MIN_SAVING, prepare=lambda w: table.ensure(layout.neighbourhood(w)), steps=steps,
+                          cost=cost)
+    # Give back, last cut first: the widest width on the fine grid (multiples of `step`, finer than a wide group's
+    # search grid) that keeps the prediction within the target. The last greedy step usually saves more than was
+    # still missing, and a width at the top of its kernel step costs what the narrower ones on the step cost.
+    for group in dict.fromkeys(s["group"] for s in reversed(steps)):
+        fine = [w for w in width_grid(layout.groups[group], layout.step, max_points=10 ** 9)
+                if planned[group] < w < layout.groups[group]]
+        for w in reversed(fine):
             trial = {**planned, group: w}
             table.ensure(layout.cells(trial, layout.touching(group)))
             if calibration(layout.total(table, trial)) <= target:

@@ -90,6 +90,9 @@ class ChannelPruneConfig(Config):
                                                                  "(default 1)")
     batch_size: int | None = Field(None, ge=1, le=65536, description="target latency: the batch size timed (default "
                                                                      "1); the training batch is train.batch_size")
+    latency_cost: Literal["loss", "importance"] | None = Field(
+        None, description="target latency: what a cut costs, per ms it saves: the validation loss it adds (default) or "
+                          "the importance of the channels it removes")
     latency_tolerance: float | None = Field(None, ge=0, le=1, description="target latency: the measured time may "
                                                                           "miss the budget by this fraction (timing "
                                                                           "noise) before the stage fails (default 0)")
@@ -104,7 +107,8 @@ class ChannelPruneConfig(Config):
     exclude: list[str] = Field(default_factory=list, description="glob patterns of module names whose outputs are kept")
     max_pruning_ratio: float = Field(0.9, gt=0, lt=1, description="no layer loses more than this fraction of its "
                                                                   "channels in one round")
-    importance_batches: int = Field(8, ge=1, le=10_000, description="training batches of 128 for taylor's gradients")
+    importance_batches: int = Field(8, ge=1, le=10_000, description="training batches of 128 for taylor's gradients "
+                                                                    "(and validation batches for latency_cost loss)")
 
     @field_validator("importance")
     @classmethod
@@ -155,11 +159,11 @@ class ChannelPruneConfig(Config):
 # Which target uses which field, and the defaults they get when left out (latency_cache: None is the default folder).
 TARGET_FIELDS: dict[str, str] = {
     "macs_reduction": "macs", "latency_reduction": "latency", "latency_ms": "latency", "latency_runtime": "latency",
-    "threads": "latency", "batch_size": "latency", "latency_tolerance": "latency", "latency_seconds": "latency",
-    "latency_cache": "latency"}
+    "threads": "latency", "batch_size": "latency", "latency_cost": "latency", "latency_tolerance": "latency",
+    "latency_seconds": "latency", "latency_cache": "latency"}
 TARGET_DEFAULTS: dict[str, Any] = {
     "macs_reduction": 2.0, "latency_reduction": 2.0, "latency_runtime": "onnxruntime", "threads": 1, "batch_size": 1,
-    "latency_tolerance": 0.0, "latency_seconds": 1.0}
+    "latency_cost": "loss", "latency_tolerance": 0.0, "latency_seconds": 1.0}
 
 
 # ------------------------------------------------------------------------------------------------------ importances
@@ -353,7 +357,11 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
 class ChannelPruningRecord(Record):
     """What a `prune_channels` stage reports, as :func:`prune_channels_to_target` returns it: MACs and parameters
     before and after, ``channels`` ({layer: [width before, width after]}), ``rounds`` (per round: ``target_macs``,
-    ``macs``, ``params`` and its fine-tuning) and ``prune_channels`` (the config as a dict).
+    ``macs``, ``params`` and its fine-tuning; with target latency ``target_ms``, ``predicted_ms``, ``measured_ms``,
+    ``corrections`` and ``widths``), ``prune_channels`` (the config as a dict) and, with target latency,
+    ``latency``: runtime, threads, batch size, dense / target / predicted / measured ms, the table's build and key,
+    the latency-vs-width ``curves`` per layer group (plotted as the ``latency-widths`` figure) and the group
+    ``widths`` [before, after].
 
     Example:
         >>> rec = ChannelPruningRecord(1000, 400, 2.5, 100, 45, {"conv1": [16, 6]})
@@ -377,20 +385,18 @@ class ChannelPruningRecord(Record):
                 ("parameters", f"{self.params_before:,} → {self.params_after:,}")]
         lat = self.latency
         if lat:
-            def ms(x):
-                return f"{x:.4g} ms" if isinstance(x, (int, float)) else DASH
-
             want = (f"{lat['latency_reduction']:g}× faster" if lat.get("latency_reduction")
-                    else f"{ms(lat.get('latency_ms'))}")
+                    else f"{_ms(lat.get('latency_ms'))} ms")
             reduction = lat.get("measured_reduction")
-            rows.append(("latency", f"{ms(lat.get('dense_ms'))} → measured {ms(lat.get('measured_ms'))}"
+            rows.append(("latency", f"{_ms(lat.get('dense_ms'))} ms → measured {_ms(lat.get('measured_ms'))} ms"
                          + (f" ({reduction:.2f}× faster)" if isinstance(reduction, (int, float)) else "")
-                         + f", predicted {ms(lat.get('predicted_ms'))}; target {want} in {lat.get('runtime')}, "
+                         + f", predicted {_ms(lat.get('predicted_ms'))} ms; target {want} in {lat.get('runtime')}, "
                          f"{lat.get('threads')} thread(s), batch {lat.get('batch_size')}"))
             table = lat.get("table") or {}
             rows.append(("latency table", f"{table.get('measured_cells', 0)} cells timed in "
                          f"{table.get('seconds', 0):.1f} s, {table.get('cached_cells', 0)} from the cache "
-                         f"({table.get('cache') or 'not cached'}); plot: the latency-widths figure"))
+                         f"({table.get('cache') or 'not cached'}), {table.get('search_cells', 0)} more timed during "
+                         f"the search; plot: the latency-widths figure"))
         return rows + ([("prune_channels config", json_text(self.prune_channels))] if self.prune_channels else [])
 
     def figures(self, artifact: str) -> list[Figure]:

@@ -58,7 +58,7 @@ class PruneStage(Stage, PruneConfig):
             fresh = state.create(spec)
             if {k: v.shape for k, v in fresh.state_dict().items()} == \
                     {k: v.shape for k, v in state.model.state_dict().items()}:
-                return fresh, f"{spec.describe()}, seed {seed}"
+                return fresh, f"{spec.model or spec.factory or spec.hf} factory, seed {seed}"
         return reinitialize_(copy.deepcopy(state.model), seed), f"reset_parameters of the current model, seed {seed}"
 
 
