@@ -73,7 +73,7 @@ def load_teacher(args, data, out: Path, log):
     import torch
 
     import torchslim as ts
-    from torchslim.recipe import load_recipe
+    from torchslim import load_recipe
 
     recipe = load_recipe(RECIPE, teacher_overrides(args))
     spec = recipe.teacher
@@ -120,7 +120,7 @@ def torch_run(model):
 def ort_run(path, threads: int = 1):
     import torch
 
-    from torchslim.export.onnx import ort_session
+    from torchslim.export import ort_session
 
     sess = ort_session(path, threads)
     name = sess.get_inputs()[0].name
@@ -160,8 +160,8 @@ def groups_for(model) -> tuple[list[int], list[str]]:
 def ppl_table(teacher, data, val, calib, log) -> tuple[list[dict], dict, list[str]]:
     """Every row of the perplexity table; also returns the GPTQ-4 g32 model and its result (the int4 of the speed
     part) and notes on the group sizes."""
-    from torchslim.prune.llm import prune_llm_
-    from torchslim.quant.weight_only import quantize_weights_
+    from torchslim.prune import prune_llm_
+    from torchslim.quant import quantize_weights_
 
     rows = [{"section": "fp32", "method": "fp32", "setting": "", "perplexity": perplexity(torch_run(teacher), val),
              "seconds": 0.0}]
@@ -231,8 +231,8 @@ def speed(teacher, gptq: dict, data, val, out: Path, args, log) -> dict:
     import numpy as np
 
     import torchslim as ts
-    from torchslim.export.onnx import ort_session
-    from torchslim.quant.nbits_onnx import export_matmul_nbits
+    from torchslim.export import ort_session
+    from torchslim.quant import export_matmul_nbits
 
     folder = out / "onnx"
     paths = {"fp32": ts.export_onnx(teacher, folder / "fp32.onnx", task=data.task)}

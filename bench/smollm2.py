@@ -97,10 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     import torchslim as ts
-    from torchslim.data.base import resolve_data_root
+    from torchslim.data import resolve_data_root
     from torchslim.data.lm_text import TEST_SHARE, VAL_SHARE
-    from torchslim.prune.llm import prune_llm_
-    from torchslim.quant.weight_only import quantize_weights_
+    from torchslim.prune import prune_llm_
+    from torchslim.quant import quantize_weights_
 
     torch.set_num_threads(args.threads)
     command = shlex.join([Path(sys.executable).name, "bench/smollm2.py", *(sys.argv[1:] if argv is None else argv)])
