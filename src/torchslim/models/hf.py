@@ -265,9 +265,9 @@ def check_tokenizer_matches(path: str | os.PathLike, tokenizer: Any) -> None:
                              f"tokenized by the '{kind}' tokenizer; set data.tokenizer: {own if own.is_file() else folder}")
     if not own.is_file():
         return
-    from torchslim.data.tokenizers import HFTokenizer
+    import tokenizers  # the data's tokenizer is one of its tokenizers already (kind "hf"), so it is installed
 
-    if HFTokenizer.from_file(own).get_vocab() != tokenizer.get_vocab():
+    if tokenizers.Tokenizer.from_file(str(own)).get_vocab(with_added_tokens=True) != tokenizer.get_vocab():
         raise TorchslimError(f"the tokenizer does not match the model: {getattr(tokenizer, 'source', '') or 'the data'}"
                              f"'s vocabulary differs from {own}'s; set data.tokenizer: {own}")
 

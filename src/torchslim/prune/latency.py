@@ -1022,3 +1022,13 @@ def plot_latency_curves(curves: Mapping[str, Mapping[Any, float]], path: str | o
 __all__ = ["LatencyTable", "RUNTIMES", "default_cache_dir", "latency_key", "layer_latency_curves", "plan_widths",
            "plot_latency_curves", "prune_channels_to_latency", "render_latency_curves", "runtime_timer",
            "snap_width", "width_grid"]
+
+
+def _register() -> None:
+    """Hand target latency's entry points to structured.py, which dispatches to them without importing this module."""
+    from torchslim.prune import structured
+
+    structured.LATENCY_MODE.update(prune=prune_channels_to_latency, render=render_latency_curves)
+
+
+_register()

@@ -43,8 +43,11 @@ from torchslim.registry import Registry
 
 if TYPE_CHECKING:
     from torchslim.data import DataBundle
-    from torchslim.prune.latency import LatencyTable
     from torchslim.training.config import TrainConfig
+
+# target latency's implementation, filled in by torchslim.prune.latency when it is imported (torchslim.prune imports
+# it): the latency mode builds on this module, so this module must not import it back.
+LATENCY_MODE: dict[str, Callable[..., Any]] = {}
 
 # The ratio is stepped in this many increments (each removes ~max_pruning_ratio/200 of the channels) until the
 # measured MACs reach the target: fine enough to stop within about half a percent of the MACs of the target.
@@ -293,7 +296,7 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
                              example_inputs: torch.Tensor, seed: int = 0,
                              checkpoint: Callable[[int], str | Path | None] | None = None,
                              stage: str = "prune_channels", log: Callable[[str], None] = print,
-                             latency_table: LatencyTable | None = None) -> dict:
+                             latency_table: Any = None) -> dict:
     """Remove channels from `model` in place until it has ``cfg.macs_reduction``× fewer MACs, in ``cfg.rounds``
     rounds (the same reduction factor each), fine-tuning for ``train.epochs`` after each round; return the record.
 
@@ -329,9 +332,7 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
 
     cfg = _channel_config(cfg)
     if cfg.target == "latency":
-        from torchslim.prune.latency import prune_channels_to_latency
-
-        return prune_channels_to_latency(model, cfg, data, train, example_inputs=example_inputs, seed=seed,
+        return LATENCY_MODE["prune"](model, cfg, data, train, example_inputs=example_inputs, seed=seed,
                                          checkpoint=checkpoint, stage=stage, log=log, table=latency_table)
     macs, params = count_macs(model, example_inputs[:1]), count_params(model)[0]
     ckpt = checkpoint or (lambda k: None)
@@ -403,7 +404,7 @@ class ChannelPruningRecord(Record):
         curves = self.latency.get("curves") if self.latency else None
         if not curves:
             return []
-        from torchslim.prune.latency import render_latency_curves
+        render_latency_curves = LATENCY_MODE["render"]
 
         chosen = {g: w[1] for g, w in (self.latency.get("widths") or {}).items()}
         return [Figure("latency-widths", f"latency vs width of each layer group of {artifact}",

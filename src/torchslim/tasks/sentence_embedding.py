@@ -33,13 +33,15 @@ class EmbeddingRows(TensorDataset):
         self.task = task
 
 
-def _embed(model: torch.nn.Module, ids: torch.Tensor, predict, batch_size: int = 256) -> torch.Tensor:
-    """`model`'s outputs on token ids N×L in length-sorted chunks cut to their longest row (the encoder masks
-    padding, so only the time changes)."""
+@torch.no_grad()
+def _embed(model: torch.nn.Module, ids: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """`model`'s outputs (eval mode) on token ids N×L in length-sorted chunks cut to their longest row (the encoder
+    masks padding, so only the time changes)."""
+    model.eval()
     lengths = ids.ne(0).sum(1)
     out = None
     for chunk in lengths.argsort().split(batch_size):
-        y = predict(model, ids[chunk][:, :max(1, int(lengths[chunk].max()))], batch_size)
+        y = model(ids[chunk][:, :max(1, int(lengths[chunk].max()))]).float()
         if out is None:
             out = torch.empty(len(ids), y.shape[1])
         out[chunk] = y
@@ -90,13 +92,11 @@ class SentenceEmbedding(TextClassification):
         them, validation and evaluation measure the cosine to them. The class labels are not used."""
         import dataclasses
 
-        from torchslim.training import predict
-
         def relabel(split):
             if split is None:
                 return None
             x = split.tensors[0]
-            return EmbeddingRows(x, _embed(teacher, x, predict), task=self)
+            return EmbeddingRows(x, _embed(teacher, x), task=self)
 
         return dataclasses.replace(data, train=relabel(data.train), val=relabel(data.val), test=relabel(data.test),
                                    task=self)
