@@ -359,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--force", action="store_true", help="redo cached dense models and variants")
     p.add_argument("--dense-checkpoint", type=Path, help="a trained resnet20 to start from instead of training one")
+    p.add_argument("--limit-train", type=int, help="first N training rows for the dense model and every fine-tune "
+                                                   "(default: all 55,000; the budget is then the same for every "
+                                                   "variant, on less data)")
+    p.add_argument("--dense-epochs", type=int, help="epochs of the dense model (default 4)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -368,7 +372,11 @@ def main(argv: list[str] | None = None) -> int:
     args.variants = args.variants.split(",") if args.variants else list(QUICK_VARIANTS if args.quick else VARIANTS)
     for spec in args.variants:
         _variant(spec)  # a typo fails now, not after an hour of training
-    s = QUICK if args.quick else FULL
+    s = dict(QUICK if args.quick else FULL)
+    if args.limit_train:
+        s["limit_train"] = args.limit_train
+    if args.dense_epochs:
+        s["dense_epochs"] = {name: args.dense_epochs for name in MODELS}
     out = ROOT / "bench" / "out" / ("structured-latency-quick" if args.quick else "structured-latency")
     results = out / "results" if args.quick else ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

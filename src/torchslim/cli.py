@@ -1,4 +1,4 @@
-"""Command line: `torchslim run|validate|list|compare`. `main(argv) -> int` is callable from tests."""
+"""Command line: `torchslim run|validate|search|list|compare`. `main(argv) -> int` is callable from tests."""
 from __future__ import annotations
 
 import argparse
@@ -44,6 +44,19 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     lst = sub.add_parser("list", help="list what a recipe can name")
     lst.add_argument("what", help=f"one of: {', '.join(LISTABLE)}")
+    srch = sub.add_parser("search", help="search the recipe's `search:` space with Optuna: trials in parallel, a "
+                                         "Pareto front, the recommended recipe; run again to continue a stopped "
+                                         "search")
+    srch.add_argument("recipe", help="a recipe with a `search:` block")
+    srch.add_argument("--out", help="search folder (default: runs/<recipe name>)")
+    srch.add_argument("--workers", type=int, default=1, help="local worker processes sharing the study (default 1)")
+    srch.add_argument("--trials", type=int, help="trials in all, counting finished ones (default: search.trials)")
+    srch.add_argument("--storage", help="an Optuna database URL shared by several machines, e.g. "
+                                        "postgresql://user:pass@host/db (default: sqlite in --out)")
+    srch.add_argument("--study", help="the study's name in the storage (default: the recipe's file name)")
+    srch.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    srch.add_argument("--force", action="store_true", help="start over in an --out that holds another search")
+    srch.add_argument("--report", action="store_true", help="only write the report of the trials so far")
     cmp = sub.add_parser("compare", help="one table over the artifacts of several runs, and compare.html with them "
                                          "on the same accuracy-vs-size and accuracy-vs-latency axes")
     cmp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (each holds report.json)")
@@ -77,11 +90,19 @@ def _dispatch(args) -> int:
         return _list(args.what)
     if args.command == "compare":
         return _compare(args.runs, args.out)
+    if args.command == "search":
+        return _search(args)
     recipe = load_recipe(args.recipe, args.overrides)
     if args.command == "validate":
         from torchslim.pipeline import check_recipe
 
         summary = check_recipe(recipe)
+        if recipe.search is not None:
+            from torchslim.search.space import build_space
+
+            space = build_space(recipe, summary["task"])
+            summary["search"] = f"{len(space.params)} parameters, objectives " + \
+                ", ".join(m.label for m in space.objectives)
         print(dump_recipe(recipe), end="")
         print(f"# ok: {summary}")
         return 0
@@ -105,8 +126,30 @@ def _out(args) -> Path:
     return Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
 
 
+def _search(args) -> int:
+    from torchslim.search.run import report_only, run_search
+    from torchslim.search.report import table
+
+    out = Path(args.out) if args.out else Path("runs") / Path(args.recipe).stem
+    if args.report:
+        summary, space = report_only(args.recipe, out, args.overrides, args.storage, args.study)
+    else:
+        summary, space = run_search(args.recipe, out, args.overrides, workers=args.workers, trials=args.trials,
+                                    storage=args.storage, study=args.study, force=args.force,
+                                    log=lambda msg: print(msg, flush=True))
+    print(table(summary, space))
+    best = summary["recommended"]
+    print(f"recommended: trial {best}: {out / 'recommended.yaml'}" if best is not None else
+          "no trial met every constraint: nothing recommended")
+    print(f"search report: {out / 'search.md'}  {out / 'pareto.png'}  {out / 'search.json'}")
+    return 0
+
+
 def _resume_hint(args) -> str:
     """'; to continue: torchslim run ... --resume' when an interrupted `run` left a run folder behind."""
+    if args is not None and getattr(args, "command", None) == "search":
+        words = ["torchslim", "search", args.recipe] + (["--out", args.out] if args.out else [])
+        return f"; finished trials are kept: run {shlex.join(words)} again to continue"
     if args is None or getattr(args, "command", None) != "run" or not (_out(args) / "recipe.yaml").is_file():
         return ""
     words = ["torchslim", "run", args.recipe, "--out", str(_out(args))]

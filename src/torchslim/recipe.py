@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from torchslim.config import Config
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.pipeline.stages import STAGE_TYPES, Stage
+from torchslim.search.spec import SearchSpec, check_spec
 from torchslim.tracking import LogSpec
 from torchslim.training.config import TrainConfig
 
@@ -129,6 +130,9 @@ class EvaluateSpec(Config):
     threads: int = Field(1, ge=1, le=256, description="threads for PyTorch and ONNX Runtime while measuring")
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1)
     max_seconds: float = Field(0.4, gt=0, le=60, description="timing budget per artifact and batch size")
+    split: Literal["test", "val"] = Field("test", description="the split every artifact is judged on: test, or val "
+                                                              "(what `torchslim search` selects on, so that the "
+                                                              "test split stays unseen)")
 
 
 class Recipe(Config):
@@ -142,6 +146,8 @@ class Recipe(Config):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     log: LogSpec = Field(default_factory=LogSpec, description="experiment trackers to send the run to "
                                                            "(log: {mlflow: {...}}); none by default")
+    search: SearchSpec | None = Field(None, description="what `torchslim search` varies, optimizes and requires; "
+                                                        "`torchslim run` runs the recipe as written")
 
     @model_validator(mode="after")
     def _check(self) -> Recipe:
@@ -245,6 +251,8 @@ def validate_recipe(raw: dict, source: str = "recipe") -> Recipe:
         _check_keys(raw, Recipe, "")
         recipe = Recipe.model_validate(raw)
         _check_names_and_files(recipe)
+        if recipe.search is not None:
+            check_spec(recipe.search)
     except ValidationError as e:
         raise TorchslimError(f"{source}: {_first_error(e)}") from None
     except TorchslimError as e:
@@ -376,44 +384,63 @@ def apply_override(raw: dict, item: str) -> str:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
+    return set_field(raw, key, value, what=f"--set {item}")
+
+
+def set_field(raw: dict, key: str, value: Any, what: str | None = None) -> str:
+    """Set the field at the dotted path `key` (``stages.distill.temperature``) of a raw recipe dict to `value`,
+    creating sections on the way; return the field as errors name it (``stages[1].temperature``). `what` starts
+    every error line (default: the key). In `stages`, an element is addressed by its name or type, or its index.
+    """
+    what = what or key
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise TorchslimError(f"--set {item}: empty key")
+        raise TorchslimError(f"{what}: empty key")
     node: Any = raw
     where = ""
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            idx = _list_index(node, part, ".".join(parts[: i + 1]), item)
+            idx = _list_index(node, part, ".".join(parts[: i + 1]), what)
             node, where = node[idx], f"{where}[{idx % len(node)}]"
         elif isinstance(node, dict):
             if node.get(part) is None:
                 node[part] = {}
             node, where = node[part], f"{where}.{part}" if where else part
         else:
-            raise TorchslimError(f"--set {item}: '{'.'.join(parts[:i])}' is a value, not a section")
+            raise TorchslimError(f"{what}: '{'.'.join(parts[:i])}' is a value, not a section")
     last = parts[-1]
     if isinstance(node, list):
-        idx = _list_index(node, last, key, item)
+        idx = _list_index(node, last, key, what)
         node[idx] = value
         return f"{where}[{idx % len(node)}]"
     if isinstance(node, dict):
         node[last] = value
         return f"{where}.{last}" if where else last
-    raise TorchslimError(f"--set {item}: '{'.'.join(parts[:-1])}' is a value, not a section")
+    raise TorchslimError(f"{what}: '{'.'.join(parts[:-1])}' is a value, not a section")
 
 
-def _list_index(items: list, part: str, where: str, item: str) -> int:
+def _list_index(items: list, part: str, where: str, what: str) -> int:
     if part.lstrip("-").isdigit():
         idx = int(part)
         if -len(items) <= idx < len(items):
             return idx
-        raise TorchslimError(f"--set {item}: {where}: index {idx} out of range (there are {len(items)})")
-    names = [st.get("name") or st.get("type") if isinstance(st, dict) else None for st in items]
-    if part in names:
-        return names.index(part)
-    valid = [n for n in names if n]
-    raise TorchslimError(f"--set {item}: no stage named '{part}'{did_you_mean(part, valid)}; "
+        raise TorchslimError(f"{what}: {where}: index {idx} out of range (there are {len(items)})")
+    idx = stage_index(items, part)
+    if idx is not None:
+        return idx
+    valid = [n for n in _stage_names(items) if n]
+    raise TorchslimError(f"{what}: no stage named '{part}'{did_you_mean(part, valid)}; "
                          f"stages: {', '.join(valid) or '(none)'}")
+
+
+def _stage_names(items: list) -> list[str | None]:
+    return [st.get("name") or st.get("type") if isinstance(st, dict) else None for st in items]
+
+
+def stage_index(stages: list, name: str) -> int | None:
+    """The index of the raw stage named `name` (its `name:`, else its `type`), or None."""
+    names = _stage_names(stages)
+    return names.index(name) if name in names else None
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -4,7 +4,10 @@ general objective (feature losses, several teachers) built by :mod:`torchslim.di
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,9 +23,41 @@ from torchslim.training.config import TrainConfig
 from torchslim.training.loop import FitResult, _is_tensor_dataset, fit, predict, split_batch, split_inputs, splits
 
 
+TEACHER_CACHE_ENV = "TORCHSLIM_TEACHER_CACHE"
+
+
 def teacher_logits(teacher: nn.Module, x: Any) -> torch.Tensor:
-    """The teacher's logits on every training input, computed once (the "soft labels first" recipe)."""
-    return predict(teacher, x)
+    """The teacher's logits on every training input, computed once (the "soft labels first" recipe).
+
+    When ``$TORCHSLIM_TEACHER_CACHE`` names a folder (``torchslim search`` sets it for its trials), the logits are
+    also kept there under a hash of the teacher's weights and of the inputs, so that runs distilling the same teacher
+    on the same data compute them once between them.
+    """
+    folder = os.environ.get(TEACHER_CACHE_ENV)
+    if not folder or not isinstance(x, torch.Tensor):
+        return predict(teacher, x)
+    from safetensors.torch import load_file, save_file
+
+    from torchslim.io import atomic_path
+
+    path = Path(folder) / f"logits-{_content_hash(teacher, x)}.safetensors"
+    if path.is_file():
+        return load_file(path)["logits"]
+    logits = predict(teacher, x)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({"logits": logits.contiguous()}, tmp)
+    return logits
+
+
+def _content_hash(teacher: nn.Module, x: torch.Tensor) -> str:
+    """What the logits depend on: the teacher's class, every weight and buffer, and the inputs."""
+    h = hashlib.sha256(type(teacher).__qualname__.encode())
+    for name, tensor in [*teacher.state_dict().items(), ("<inputs>", x)]:
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:24]
 
 
 def _freeze(teacher: nn.Module) -> None:

@@ -204,7 +204,10 @@ def _notes(report: dict) -> list[tuple[str, str]]:
         ),
         (
             "Accuracy",
-            "top-1 on the test split, measured by running each artifact in its own runtime "
+            f"top-1 on the {report.get('split') or 'test'} split"
+            + (" (the validation split: a search selects on it and keeps the test split unseen)"
+               if report.get("split") == "val" else "")
+            + ", measured by running each artifact in its own runtime "
             "(an ONNX artifact is run by ONNX Runtime, not by its PyTorch original).",
         ),
         (

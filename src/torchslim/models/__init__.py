@@ -20,6 +20,7 @@ from torch import nn
 
 from torchslim.errors import TorchslimError, did_you_mean
 from torchslim.models import hf as _hf  # noqa: F401 - registers `bert` (transformers is imported when it is built)
+from torchslim.models.cnn import PlainCNN
 from torchslim.models.gpt import GPT, GPTConfig, generate, keep_layers
 from torchslim.models.lenet import LeNet5, LeNet5Classic
 from torchslim.models.mlp import MLP
@@ -72,6 +73,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 
 __all__ = [
-    "MODELS", "MLP", "BasicBlock", "BiLSTMClassifier", "LeNet5", "LeNet5Classic", "ResNetCifar", "TextCNN",
+    "MODELS", "MLP", "BasicBlock", "BiLSTMClassifier", "LeNet5", "LeNet5Classic", "PlainCNN", "ResNetCifar", "TextCNN",
     "create_model", "list_models", "GPT", "GPTConfig", "generate", "keep_layers",
 ]

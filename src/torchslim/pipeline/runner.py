@@ -12,6 +12,7 @@ the same barrier after every step, whether it ran the step or not.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -187,7 +188,8 @@ def check_recipe(recipe: Recipe) -> dict:
     argument or a missing data file shows up before any work starts. Returns a short summary."""
     data = load_data(recipe)
     state = RunState(recipe, Path("."), data, lambda m: None)
-    summary = {"data": data.name, "task": data.task.name, "train": len(data.train), "test": len(data.test),
+    summary = {"data": data.name, "task": data.task.name, "train": len(data.train),
+               "val": len(data.val) if data.val is not None else 0, "test": len(data.test),
                "input_shape": list(data.input_shape), "num_classes": data.num_classes}
     roles = [("teacher", recipe.teacher), ("student", recipe.student)]
     roles += [(f"teachers[{i}]", t) for i, t in enumerate(recipe.teachers)]
@@ -287,10 +289,16 @@ def _run(recipe: Recipe, out: Path, log: Log, done: dict, tracker: Tracker) -> d
     ev = recipe.evaluate
     log(f"evaluating {len(state.artifacts)} artifacts (threads={ev.threads}, batch sizes {ev.batch_sizes})")
     latency = LatencyConfig(threads=ev.threads, batch_sizes=tuple(ev.batch_sizes), max_seconds=ev.max_seconds)
-    records = evaluate(state.artifacts, state.data, latency=latency,
+    judged = state.data
+    if ev.split == "val":
+        if state.data.val is None:
+            raise TorchslimError("evaluate.split: val, but the data has no validation split; set data.val_size")
+        judged = dataclasses.replace(state.data, test=state.data.val)
+    records = evaluate(state.artifacts, judged, latency=latency,
                        teacher=(recipe.teacher_names() or [None])[0], student=state.student)
-    report = build_report(records, recipe=recipe.model_dump(mode="json"), data=state.data, threads=ev.threads,
-                          meta={"stage_seconds": state.seconds, "processes": dist.world()}, latency=latency)
+    report = build_report(records, recipe=recipe.model_dump(mode="json"), data=judged, threads=ev.threads,
+                          meta={"stage_seconds": state.seconds, "processes": dist.world(), "split": ev.split},
+                          latency=latency)
     report = jsonable(report)  # what report.json holds: records as their JSON under their kind
     write_report(report, out)
     tracker.log_results(report["artifacts"])

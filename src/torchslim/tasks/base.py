@@ -78,6 +78,7 @@ class Task:
     name: ClassVar[str] = "task"
     primary_metric: ClassVar[str] = "accuracy"
     higher_is_better: ClassVar[bool] = True
+    metric_names: ClassVar[tuple[str, ...]] = ("accuracy", "errors", "macro_f1")  # the keys :meth:`metrics` returns
     input_names: ClassVar[list[str]] = ["input"]
 
     num_classes: int = 10

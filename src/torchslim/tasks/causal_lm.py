@@ -68,6 +68,7 @@ class CausalLM(Task):
     name: ClassVar[str] = "causal-lm"
     primary_metric: ClassVar[str] = "perplexity"
     higher_is_better: ClassVar[bool] = False
+    metric_names: ClassVar[tuple[str, ...]] = ("perplexity", "cross_entropy", "accuracy", "errors", "tokens")
     input_names: ClassVar[list[str]] = ["input_ids"]
 
     num_classes: int = 0  # the vocabulary: every token is a class of the next-token prediction

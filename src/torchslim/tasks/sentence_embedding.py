@@ -76,6 +76,7 @@ class SentenceEmbedding(TextClassification):
 
     name: ClassVar[str] = "sentence-embedding"
     primary_metric: ClassVar[str] = "cosine"
+    metric_names: ClassVar[tuple[str, ...]] = ("cosine", "cosine_min", "cosine_p05", "share_at_0.99")
     num_classes: int = 0  # no classes: the outputs are embeddings
 
     def metrics(self, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -13,7 +13,9 @@ from torchslim.training.loop import (
     task_of,
     train,
     validate,
+    watch_epochs,
 )
 
 __all__ = ["TrainConfig", "FitResult", "StopTraining", "WeightEMA", "fit", "predict", "accuracy_of",
-           "cross_entropy_loss", "train", "iter_batches", "split_batch", "task_of", "validate"]
+           "cross_entropy_loss", "train", "iter_batches", "split_batch", "task_of", "validate",
+           "watch_epochs"]

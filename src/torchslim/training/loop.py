@@ -18,6 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -75,6 +76,28 @@ class StopTraining(Exception):
     Example:
         >>> raise StopTraining("the generator collapsed at epoch 2, step 3")   # doctest: +SKIP
     """
+
+
+EpochWatcher = Callable[[str, dict, str], None]
+_EPOCH_WATCHERS: list[EpochWatcher] = []
+
+
+@contextmanager
+def watch_epochs(watcher: EpochWatcher) -> Iterator[None]:
+    """Call ``watcher(stage, record, monitor)`` after every epoch that :func:`fit` finishes inside the block (on
+    rank 0, after the epoch's checkpoint): `record` is the epoch's history entry (``val_accuracy``, ``val_<metric>``,
+    loss...), `monitor` the key training keeps the best epoch by. Whatever the watcher raises ends the training and
+    propagates to the caller: a search stops a trial that is heading nowhere this way.
+
+    Example:
+        >>> with watch_epochs(lambda stage, record, monitor: print(stage, record[monitor])):   # doctest: +SKIP
+        ...     run_recipe(recipe, "runs/x")
+    """
+    _EPOCH_WATCHERS.append(watcher)
+    try:
+        yield
+    finally:
+        _EPOCH_WATCHERS.remove(watcher)
 
 
 @dataclass
@@ -542,6 +565,9 @@ def fit(
         if checkpoint is not None and dist.is_main():
             _save(checkpoint, epoch, parts, gen, result, best_state, extra_state)
         dist.barrier()  # no rank races ahead of the checkpoint (a resume must find every rank's last epoch there)
+        if dist.is_main():
+            for watcher in tuple(_EPOCH_WATCHERS):
+                watcher(stage, record, monitor)
 
     if ema is not None:  # the averaged weights are the result (the last ones unless the best are kept below)
         model.load_state_dict(ema.state)
