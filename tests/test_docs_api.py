@@ -24,7 +24,7 @@ DOC = ROOT / "docs" / "api.md"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 PACKAGES = ("torchslim", "torchslim.tasks", "torchslim.data", "torchslim.models", "torchslim.training",
             "torchslim.distillation", "torchslim.prune", "torchslim.quant", "torchslim.export",
-            "torchslim.evaluation", "torchslim.pipeline")
+            "torchslim.evaluation", "torchslim.pipeline", "torchslim.search")
 RUNNABLE = "# runnable"
 BLOCK_TIMEOUT_S = 300  # a block takes a few seconds; this only stops a hang
 

@@ -152,7 +152,7 @@ def _shrink(recipe: Path) -> list[str]:
     if raw.get("teacher"):
         sets.append("teacher.train.epochs=1")
     for i, st in enumerate(raw.get("stages") or []):
-        if st.get("type") in ("train", "distill", "prune", "finetune", "qat"):
+        if st.get("type") in ("train", "distill", "prune", "finetune", "qat", "prune_channels"):
             sets.append(f"stages.{i}.train.epochs=1")
     return [a for s in sets for a in ("--set", s)]
 
@@ -210,6 +210,16 @@ def test_shell_block_commands_work(doc, line, code, tmp_path, monkeypatch, capsy
             if args.command == "run" and args.recipe in QUICK_RUN:
                 out = runs_root / args.out if args.out else tmp_path / "out"
                 assert _quick_run(argv, out) == 0, f"{where}: {' '.join(words)} (shrunk): {capsys.readouterr().err}"
+        elif args.command == "search":  # validated; run shrunk (2 trials, 1 worker) unless it names another database
+            assert Path(args.recipe).is_file(), f"{where}: {args.recipe} does not exist"
+            sets = [a for s in args.overrides for a in ("--set", s)]
+            assert main(["validate", args.recipe, *sets]) == 0, f"{where}: {' '.join(words)}: {capsys.readouterr().err}"
+            if args.storage is None and not args.report:
+                out = tmp_path / "search"
+                got = main(["search", args.recipe, *sets, "--out", str(out), "--trials", "2", "--force",
+                            *_shrink(ROOT / args.recipe)])
+                assert got == 0, f"{where}: {' '.join(words)} (shrunk): {capsys.readouterr().err}"
+                assert (out / "search.md").is_file()
         elif args.command == "compare":  # on the runs the block's earlier commands made; a missing one is the error
             runs = [str(runs_root / r) for r in args.runs]
             want = 0 if all((runs_root / r).is_dir() for r in args.runs) else 2
@@ -251,8 +261,11 @@ exec(compile(_given + "\\n" + _code, sys.argv[1], "exec"), {"__name__": "__main_
 
 def _prepare(code: str, folder: Path, runs_root: Path) -> None:
     """What a block reads that an earlier command in the README or its doc would have written."""
+    if "recipes/" in code:  # the repo's recipes, as from the repo root
+        (folder / "recipes").symlink_to(ROOT / "recipes", target_is_directory=True)
     if "runs/" in code and "runs/sst2" not in code:
         _ensure_runs(code, runs_root)
+        (runs_root / "runs").mkdir(exist_ok=True)  # a block that writes a new run needs the folder to exist
         (folder / "runs").symlink_to(runs_root / "runs", target_is_directory=True)
     if "runs/sst2/tokenizer.json" in code:
         from torchslim.data import load_dataset

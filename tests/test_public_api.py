@@ -21,7 +21,8 @@ import torchslim
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted([*ROOT.glob("bench/*.py"), *ROOT.glob("examples/*.py")])
-FAMILIES = ("prune", "quant", "distillation", "export", "evaluation", "training", "data", "models", "tasks")
+FAMILIES = ("prune", "quant", "distillation", "export", "evaluation", "training", "data", "models", "tasks",
+            "search")
 PUBLIC_PACKAGES = ("torchslim", *(f"torchslim.{f}" for f in FAMILIES))
 
 
