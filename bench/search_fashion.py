@@ -1,7 +1,7 @@
 """`torchslim search` on Fashion-MNIST: the found recipe against the hand-written one it searched around, and
 trials per hour with 2 workers vs 1.
 
-    python bench/search_fashion.py search     # torchslim search recipes/fashion-mnist.yaml --workers 2 (≤ 55 min)
+    python bench/search_fashion.py search     # torchslim search recipes/fashion-mnist.yaml --workers 2 (≤ 45 min)
     python bench/search_fashion.py heldout    # the recipe as written vs the recommended one, on the test split,
                                               # their int8 files timed interleaved in one process
     python bench/search_fashion.py workers    # the same small search with 1 worker, then 2: trials per hour

@@ -270,7 +270,9 @@ def stage_report(args, s: dict, out: Path, results: Path) -> dict:
               "max_loss_points": MAX_LOSS_POINTS, "tables": _read(out / "tables.json"), "models": {}}
     lines = [f"# Structured pruning to a latency budget vs a MACs budget: `{report['command']}`", "",
              f"{report['machine']['processor']}, {args.threads} thread; torch {report['machine']['torch']}, "
-             f"onnxruntime {report['machine']['onnxruntime']}; Fashion-MNIST"
+             f"onnxruntime {report['machine']['onnxruntime']}; Fashion-MNIST, "
+             f"{'the first ' + format(s['limit_train'], ',') if s['limit_train'] else 'all 55,000'} training rows for "
+             f"the dense models and every fine-tuning, the full 10,000-row test split"
              + (" (**quick smoke run: tiny data, numbers mean nothing**)" if args.quick else "") + ". Each variant: "
              f"{s['rounds']} prune/fine-tune round(s) of {s['finetune_epochs']} epoch(s) (SGD 0.01, cosine), l1, "
              f"global; MAC variants with `round_to: 8`; latency variants on a grid of 8, timed in their runtime at "
@@ -289,7 +291,9 @@ def stage_report(args, s: dict, out: Path, results: Path) -> dict:
             label, _ = _variant(spec)
             variants[label] = _read(folder / f"{label}.json") or {}
         lines += [f"## {name}", "",
-                  f"Dense: {100 * dense['accuracy_pytorch']:.2f}% test accuracy, {dense['macs']:,} MACs. Speedup = "
+                  f"Dense: {100 * dense['accuracy_pytorch']:.2f}% test accuracy after "
+                  f"{(_read(folder / 'dense.json') or {}).get('key', {}).get('train', {}).get('epochs', '?')} epochs "
+                  f"(SGD 0.1, cosine), {dense['macs']:,} MACs. Speedup = "
                   f"p50 of the dense model / p50 of the variant, all {len(rows)} models timed interleaved "
                   f"({measured['latency_config']['rounds']} rounds, {measured['latency_config']['max_seconds']} s "
                   f"per model and batch size).", "",
@@ -363,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                                                    "(default: all 55,000; the budget is then the same for every "
                                                    "variant, on less data)")
     p.add_argument("--dense-epochs", type=int, help="epochs of the dense model (default 4)")
+    p.add_argument("--measure-seconds", type=float, help="measure stage: seconds per model and batch size in each "
+                                                         "round (default 3.0)")
+    p.add_argument("--measure-rounds", type=int, help="measure stage: interleaved rounds (default 10)")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -377,6 +384,10 @@ def main(argv: list[str] | None = None) -> int:
         s["limit_train"] = args.limit_train
     if args.dense_epochs:
         s["dense_epochs"] = {name: args.dense_epochs for name in MODELS}
+    if args.measure_seconds:
+        s["measure_seconds"] = args.measure_seconds
+    if args.measure_rounds:
+        s["measure_rounds"] = args.measure_rounds
     out = ROOT / "bench" / "out" / ("structured-latency-quick" if args.quick else "structured-latency")
     results = out / "results" if args.quick else ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -70,6 +70,7 @@ from torchslim.prune.structured import (
     resize_to_state_dict_,
 )
 from torchslim.prune.transformer import ffn_importance, ffn_layers, prune_ffn_
+from torchslim.prune.transformer_latency import prune_ffn_to_latency_
 
 __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "MagnitudePruneConfig", "Masks",
            "magnitude_masks", "prunable_layers", "prune_", "attach_masks", "attached_masks", "detach_masks", "hold_zeros",
@@ -84,4 +85,4 @@ __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "Magnitud
            "LatencyTable", "latency_key", "layer_latency_curves", "plan_widths", "plot_latency_curves",
            "prune_channels_to_latency", "snap_width",
            "LLMPruneConfig", "LLMPruneResult", "LLM_PRUNERS", "prune_llm_", "wanda_prune_", "sparsegpt_prune_",
-           "prune_ffn_", "ffn_importance", "ffn_layers"]
+           "prune_ffn_", "ffn_importance", "ffn_layers", "prune_ffn_to_latency_"]

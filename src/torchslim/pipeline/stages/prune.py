@@ -91,6 +91,79 @@ class PruneChannelsStage(Stage, ChannelPruneConfig):
         return self.pytorch_artifact(state, model, ChannelPruningRecord.from_json(info))
 
 
+@STAGES.register("prune_ffn", help="remove feed-forward neurons of every transformer block for real (the same number "
+                                   "in each): `keep` of them, or as many as a measured latency target allows; "
+                                   "fine-tuning after")
+class PruneFFNStage(Stage):
+    """Feed-forward neurons removed for real from every transformer block (:func:`torchslim.prune_ffn_`): `keep`
+    neurons per block, or the widest width whose latency, predicted from the measured latency tables and then
+    measured on the whole model in `latency_runtime` at `batch_size`, meets `latency_reduction` / `latency_ms`
+    (:func:`torchslim.prune.prune_ffn_to_latency_`). Importance from `calibration_batches` training batches."""
+
+    type: Literal["prune_ffn"]
+    keep: int | float | None = Field(None, gt=0, description="neurons kept per block (a whole number, or a fraction "
+                                                            "of the width)")
+    latency_reduction: float | None = Field(None, gt=1, le=100, description="measured time before / after")
+    latency_ms: float | None = Field(None, gt=0, le=1e6, description="the time to reach instead")
+    latency_runtime: Literal["onnxruntime", "pytorch"] = "onnxruntime"
+    threads: int = Field(1, ge=1, le=1024, description="threads of the timed runtime")
+    batch_size: int = Field(1, ge=1, le=65536, description="the batch size timed")
+    step: int = Field(64, ge=1, le=4096, description="widths tried: multiples of this")
+    latency_tolerance: float = Field(0.05, ge=0, le=1, description="how far over the target a measurement may be")
+    criterion: Literal["activation", "magnitude"] = "activation"
+    calibration_batches: int = Field(8, ge=1, le=10_000)
+    calibration_batch_size: int = Field(16, ge=1)
+    latency_cache: str | None = Field(None, description="latency table folder (default ~/.cache/torchslim/latency)")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=0))
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PruneFFNStage:
+        given = [k for k in ("keep", "latency_reduction", "latency_ms") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of keep (neurons per block), latency_reduction or latency_ms"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    def check(self, state: RunState) -> None:
+        from torchslim.prune import ffn_layers
+
+        model = state.model
+        if model is None:  # checked before any model exists: a fresh one of the kind this stage will start from
+            spec = state.recipe.student if state.recipe.student is not None else state.recipe.teacher
+            if spec is None or getattr(spec, "onnx", None):
+                return
+            model = state.create(spec)
+        ffn_layers(model)  # a model without feed-forward blocks: one line naming what was looked for
+
+    def run(self, state: RunState, seed: int) -> Artifact:
+        from torchslim.prune import prune_ffn_, prune_ffn_to_latency_
+        from torchslim.training import fit
+
+        model = self.start_model(state)
+        rows = state.data.train.tensors[0]
+        n = min(len(rows), self.calibration_batches * self.calibration_batch_size)
+        calibration = list(rows[:n].split(self.calibration_batch_size))
+        if self.keep is not None:
+            keep = int(self.keep) if self.keep >= 1 else float(self.keep)
+            info = prune_ffn_(model, keep=keep, calibration=calibration, criterion=self.criterion)
+            state.log(f"[{self.label}] kept {info['kept']} of {info['width']} feed-forward neurons per block")
+        else:
+            info = prune_ffn_to_latency_(model, example_inputs=state.example_inputs(self.batch_size),
+                                         calibration=calibration, latency_reduction=self.latency_reduction,
+                                         latency_ms=self.latency_ms, runtime=self.latency_runtime,
+                                         threads=self.threads, step=self.step, tolerance=self.latency_tolerance,
+                                         criterion=self.criterion, cache_dir=self.latency_cache)
+            state.log(f"[{self.label}] kept {info['kept']} of {info['width']} feed-forward neurons per block: "
+                      f"{info['base_ms']:.4g} → {info['measured_ms']:.4g} ms measured in {self.latency_runtime} "
+                      f"(predicted {info['predicted_ms']:.4g}, target {info['target_ms']:.4g})")
+        facts = {"ffn_pruning": info}
+        if self.train.epochs:
+            result = fit(model, state.data.train, state.data.val, self.train, seed=seed, stage=self.label,
+                         log=state.log)
+            return self.pytorch_artifact(state, model, TrainingRecord.of(result), **facts)
+        return self.pytorch_artifact(state, model, **facts)
+
+
 @STAGES.register("share", help="Deep Compression k-means weight sharing with centroid fine-tuning")
 class ShareStage(Stage, CodebookConfig):
     """Deep Compression weight sharing: k-means codebooks per layer (zeros stay zero), centroids fine-tuned with
