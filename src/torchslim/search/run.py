@@ -171,7 +171,11 @@ def shared_teacher(space: Space, out: Path, log: Log) -> str | None:
             raw = {k: v for k, v in space.base.items() if k not in ("stages", "teachers")}
             teacher_recipe = validate_recipe(raw, source="teacher")
             with _file_log(folder / "log.txt") as flog:
-                run_recipe(teacher_recipe, folder, log=flog, resume=(folder / "recipe.yaml").is_file())
+                def tee(msg: str) -> None:  # once per search, and minutes long: show its epochs too
+                    flog(msg)
+                    if msg.startswith("[teacher]"):
+                        log(msg)
+                run_recipe(teacher_recipe, folder, log=tee, resume=(folder / "recipe.yaml").is_file())
         else:
             log(f"teacher: reused {folder / 'teacher.safetensors'} (same data, model and training)")
     return str((folder / "teacher.safetensors").resolve())
@@ -365,7 +369,9 @@ def run_search(recipe_path: str, out: str | Path, overrides: list[str] | tuple[s
     out = Path(out)
     storage = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study or Path(recipe_path).stem
-    budget = trials or recipe.search.trials
+    budget = trials if trials is not None else recipe.search.trials
+    if budget < 0:
+        raise TorchslimError(f"--trials {budget}: give 0 or more (0: only the shared work, such as the teacher)")
     _claim(out, recipe, storage, name, force)
     directions = _directions(space)
     study_obj = optuna.create_study(study_name=name, storage=storage_for(storage), directions=directions,
