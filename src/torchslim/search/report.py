@@ -17,8 +17,8 @@ def collect(study, space: Space) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         attrs = t.user_attrs
-        if attrs.get("interrupted"):
-            continue  # cut off by a stop and run again under another number
+        if attrs.get("interrupted") or t.state.name == "WAITING":
+            continue  # cut off by a stop and run again under another number; or queued, not started
         state = t.state.name.lower()
         if state == "pruned":
             state = "stopped early"

@@ -389,24 +389,26 @@ def run_search(recipe_path: str, out: str | Path, overrides: list[str] | tuple[s
     log(f"search: {len(space.params)} parameters, objectives {', '.join(m.label for m in space.objectives)}"
         + (f", constraints {'; '.join(c.text for c in space.constraints)}" if space.constraints else "")
         + f"; {done} of {budget} trials done; {workers} worker(s); storage {storage}, study '{name}'")
-    teacher = shared_teacher(space, out, log)
-    deadline = time.time() + 60 * recipe.search.timeout_minutes if recipe.search.timeout_minutes else None
-    job = {"recipe": str(recipe_path), "overrides": list(overrides), "out": str(out), "storage": storage,
-           "study": name, "teacher": teacher, "trials": budget, "deadline": deadline,
-           "threads": recipe.evaluate.threads, "task": summary["task"]}
-    t0 = time.perf_counter()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=({**job, "worker": w},), daemon=False)
-             for w in range(2, workers + 1)]
     import torch
 
     threads = torch.get_num_threads()
     cache_env = os.environ.get(TEACHER_CACHE_ENV)
-    os.environ[TEACHER_CACHE_ENV] = str((out / "shared" / "logits").resolve())  # the workers inherit it
+    procs: list = []
     try:
+        # Every worker trains and times with the recipe's threads, as the trials' reports say: the shared teacher too.
+        torch.set_num_threads(recipe.evaluate.threads)
+        teacher = shared_teacher(space, out, log)
+        deadline = time.time() + 60 * recipe.search.timeout_minutes if recipe.search.timeout_minutes else None
+        job = {"recipe": str(recipe_path), "overrides": list(overrides), "out": str(out), "storage": storage,
+               "study": name, "teacher": teacher, "trials": budget, "deadline": deadline,
+               "threads": recipe.evaluate.threads, "task": summary["task"]}
+        t0 = time.perf_counter()
+        os.environ[TEACHER_CACHE_ENV] = str((out / "shared" / "logits").resolve())  # the workers inherit it
+        ctx = multiprocessing.get_context("spawn")
+        procs = [ctx.Process(target=_worker_main, args=({**job, "worker": w},), daemon=False)
+                 for w in range(2, workers + 1)]
         for p in procs:
             p.start()
-        torch.set_num_threads(recipe.evaluate.threads)
         _work(space, out, storage, name, 1, teacher, budget, deadline, lambda m: log(f"[worker 1] {m}"))
         for p in procs:
             p.join()
