@@ -262,6 +262,13 @@ def stage_measure(args, s: dict, out: Path) -> None:
             "rounds": config.rounds}})
 
 
+def _dense_origin(folder: Path) -> str:
+    key = (_read(folder / "dense.json") or {}).get("key", {})
+    if "checkpoint" in key:
+        return f"loaded from {key['checkpoint']}"
+    return f"trained {key.get('train', {}).get('epochs', '?')} epochs (SGD 0.1, cosine)"
+
+
 def stage_report(args, s: dict, out: Path, results: Path) -> dict:
     from torchslim.evaluation import machine_info
 
@@ -291,9 +298,8 @@ def stage_report(args, s: dict, out: Path, results: Path) -> dict:
             label, _ = _variant(spec)
             variants[label] = _read(folder / f"{label}.json") or {}
         lines += [f"## {name}", "",
-                  f"Dense: {100 * dense['accuracy_pytorch']:.2f}% test accuracy after "
-                  f"{(_read(folder / 'dense.json') or {}).get('key', {}).get('train', {}).get('epochs', '?')} epochs "
-                  f"(SGD 0.1, cosine), {dense['macs']:,} MACs. Speedup = "
+                  f"Dense: {100 * dense['accuracy_pytorch']:.2f}% test accuracy, {_dense_origin(folder)}, "
+                  f"{dense['macs']:,} MACs. Speedup = "
                   f"p50 of the dense model / p50 of the variant, all {len(rows)} models timed interleaved "
                   f"({measured['latency_config']['rounds']} rounds, {measured['latency_config']['max_seconds']} s "
                   f"per model and batch size).", "",
@@ -348,8 +354,8 @@ def stage_report(args, s: dict, out: Path, results: Path) -> dict:
                          f"{r['cells_from_cache']} | {r['seconds']} |")
         lines += [""]
     results.mkdir(parents=True, exist_ok=True)
-    _write(results / "structured-latency-budget.json", report)
-    (results / "structured-latency-budget.md").write_text("\n".join(lines) + "\n")
+    _write(results / f"{args.name}-budget.json", report)
+    (results / f"{args.name}-budget.md").write_text("\n".join(lines) + "\n")
     log("\n".join(lines))
     return report
 
@@ -370,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measure-seconds", type=float, help="measure stage: seconds per model and batch size in each "
                                                          "round (default 3.0)")
     p.add_argument("--measure-rounds", type=int, help="measure stage: interleaved rounds (default 10)")
+    p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after each pruning round (default 1)")
+    p.add_argument("--name", default="structured-latency", help="the run's folder under bench/out/ and its results "
+                                                               "file bench/results/<name>-budget.{md,json}")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -388,7 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         s["measure_seconds"] = args.measure_seconds
     if args.measure_rounds:
         s["measure_rounds"] = args.measure_rounds
-    out = ROOT / "bench" / "out" / ("structured-latency-quick" if args.quick else "structured-latency")
+    if args.finetune_epochs:
+        s["finetune_epochs"] = args.finetune_epochs
+    out = ROOT / "bench" / "out" / (f"{args.name}-quick" if args.quick else args.name)
     results = out / "results" if args.quick else ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

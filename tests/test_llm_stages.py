@@ -171,3 +171,19 @@ def test_the_records_round_trip_through_json_and_show_text():
         data = json.loads(json.dumps(rec.to_json()))
         assert record_type(rec.kind) is type(rec) and type(rec).from_json(data) == rec
         assert rec.summary() and all(isinstance(k, str) and isinstance(v, str) for k, v in rec.summary())
+
+
+def test_the_report_says_whether_int4_or_int8_is_faster_here():
+    from torchslim.evaluation.report import speed_notes
+
+    def art(name, stage, p50):
+        return {"name": name, "stage": stage, "runtime": "onnxruntime", "latency_ms": {"1": {"p50": p50}}}
+
+    slow_int4 = [art("export_int4", "export_int4", 2.3), art("int8", "quantize", 1.5)]
+    notes = [n for n in speed_notes({"artifacts": slow_int4}) if "MatMulNBits" in n]
+    assert notes == ["int4 MatMulNBits vs int8 at batch 1: export_int4 2.300 ms, int8 1.500 ms p50; int8 (int8) is "
+                     "faster here (onnxruntime issue 23004 reports int4 slower than int8 on many CPUs: int4 saves "
+                     "file size, not necessarily time)."]
+    fast_int4 = [art("export_int4", "export_int4", 1.0), art("int8", "quantize", 1.5)]
+    assert "int4 (export_int4) is faster here" in " ".join(speed_notes({"artifacts": fast_int4}))
+    assert not [n for n in speed_notes({"artifacts": fast_int4[:1]}) if "MatMulNBits" in n]  # nothing to compare

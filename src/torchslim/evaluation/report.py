@@ -335,6 +335,25 @@ def speed_notes(report: dict) -> list[str]:
                 continue
             notes.append(f"{record['name']} is not faster than {baseline['name']} at batch {batch} "
                          f"({_fmt_ms(ours)} vs {_fmt_ms(theirs)} ms p50): {'; '.join(_reasons(record, batch))}.")
+    return notes + _int4_vs_int8(records)
+
+
+def _int4_vs_int8(records: list[dict]) -> list[str]:
+    """Which is faster on this machine, int4 MatMulNBits or int8, when a report has both: CPUs differ (onnxruntime
+    issue 23004 reports int4 slower than int8 on many), so the report says what it measured."""
+    int4 = [r for r in records if r.get("stage") == "export_int4"]
+    int8 = [r for r in records if r.get("runtime") == "onnxruntime" and r.get("stage") in ("quantize", "ptq", "qat")]
+    notes = []
+    for a in int4:
+        for b in int8:
+            for batch in _batch_keys([a, b]):
+                x, y = _p50(a, batch), _p50(b, batch)
+                if x is None or y is None:
+                    continue
+                faster = f"int8 ({b['name']}) is faster here" if y < x else f"int4 ({a['name']}) is faster here"
+                notes.append(f"int4 MatMulNBits vs int8 at batch {batch}: {a['name']} {_fmt_ms(x)} ms, {b['name']} "
+                             f"{_fmt_ms(y)} ms p50; {faster} (onnxruntime issue 23004 reports int4 slower than int8 "
+                             f"on many CPUs: int4 saves file size, not necessarily time).")
     return notes
 
 
