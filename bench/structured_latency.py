@@ -166,7 +166,7 @@ def stage_dense(args, s: dict, out: Path) -> None:
         train = _train_config(s["dense_epochs"][name], 0.1)
         key = {"train": train.model_dump(), "limit_train": s["limit_train"], "model": name}
         meta = _read(folder / "dense.json")
-        if args.dense_checkpoint and name == "resnet20":
+        if args.dense_checkpoint and (name == "resnet20" or len(args.models) == 1):  # the one model given
             model = load_checkpoint(_fresh(name, data), args.dense_checkpoint).eval()
             save_checkpoint(model, folder / "dense.safetensors")
             _write(folder / "dense.json", {"key": {"checkpoint": str(args.dense_checkpoint)}, "seconds": 0,
@@ -368,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variants", default=None, help="comma-separated macs:<r> or latency:<runtime>:<batch>:<r>")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--force", action="store_true", help="redo cached dense models and variants")
-    p.add_argument("--dense-checkpoint", type=Path, help="a trained resnet20 to start from instead of training one")
+    p.add_argument("--dense-checkpoint", type=Path, help="a trained model to start from instead of training one: the "
+                                                          "resnet20, or the one model --models names")
     p.add_argument("--limit-train", type=int, help="first N training rows for the dense model and every fine-tune "
                                                    "(default: all 55,000; the budget is then the same for every "
                                                    "variant, on less data)")

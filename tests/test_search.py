@@ -141,6 +141,12 @@ def test_stop_early_stops_a_trial_worse_than_every_feasible_finished_one(tmp_pat
     with pytest.raises(TrialStopped, match="worse than every one of 2 finished trials"):
         watch("distill", {"epoch": 2, "val_accuracy": 0.80}, "val_accuracy")  # feasible trials had >= 0.85
     assert trial.study.trials[-1].user_attrs["curve"] == [0.695, 0.80]
+    # Without a constraint on accuracy, a worse trial may still be a faster point of the front: never stopped.
+    free = build_space(load_recipe(write(tmp_path, with_search(stop_early={"after": 2, "margin": 0.01},
+                                                               constraints=[]), name="free.yaml")))
+    unbounded = _stopper(study.ask(), free)
+    for epoch, value in ((1, 0.1), (2, 0.1)):
+        unbounded("distill", {"epoch": epoch, "val_accuracy": value}, "val_accuracy")
 
 
 def test_two_workers_share_the_study(tmp_path):

@@ -36,7 +36,7 @@ from torchslim.errors import TorchslimError
 from torchslim.io import atomic_write_json
 from torchslim.recipe import Recipe, dump_recipe, load_recipe, validate_recipe
 from torchslim.search.space import Space, build_space, metric_value, report_numbers
-from torchslim.search.spec import Param
+from torchslim.search.spec import LOWER_IS_BETTER, Param
 
 Log = Callable[[str], None]
 
@@ -223,10 +223,15 @@ def _stopper(trial, space: Space) -> Callable[[str, dict, str], None]:
         curve.append(float(value))
         trial.set_user_attr("curve", curve)
         trial.set_user_attr("monitor", monitor)
-        if stop is None:
+        metric = monitor.removeprefix("val_")
+        # Stopping is sound only when a constraint bounds what is monitored: then a trial below every trial that met
+        # it is heading for a miss. Without one, a worse score may still buy a faster model on the Pareto front.
+        bounded = any(c.metric.name in (metric, "accuracy_drop" if metric == "accuracy" else metric)
+                      for c in space.constraints)
+        if stop is None or not bounded:
             return
         step = len(curve) - 1
-        higher = monitor == "val_accuracy" or monitor in ("val_cosine", "val_macro_f1")
+        higher = metric not in LOWER_IS_BETTER
         peers = []
         for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
             c = t.user_attrs.get("curve") or []
