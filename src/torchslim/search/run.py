@@ -317,11 +317,12 @@ def _worker_main(job: dict) -> None:
     def log(msg: str) -> None:
         print(f"[worker {worker}] {msg}", flush=True)
 
+    parent = os.getppid()
     try:
         recipe = load_recipe(job["recipe"], job["overrides"])
         space = build_space(recipe, job["task"])
         _work(space, Path(job["out"]), job["storage"], job["study"], worker, job["teacher"], job["trials"],
-              job["deadline"], log)
+              job["deadline"], log, orphaned=lambda: os.getppid() != parent)
     except KeyboardInterrupt:
         sys.exit(130)
     except TorchslimError as e:
@@ -330,7 +331,7 @@ def _worker_main(job: dict) -> None:
 
 
 def _work(space: Space, out: Path, storage_url: str, study_name: str, worker: int, teacher: str | None,
-          trials: int, deadline: float | None, log: Log) -> None:
+          trials: int, deadline: float | None, log: Log, orphaned: Callable[[], bool] = lambda: False) -> None:
     optuna = _optuna()
     from optuna.trial import TrialState
 
@@ -341,7 +342,8 @@ def _work(space: Space, out: Path, storage_url: str, study_name: str, worker: in
         """The budget is spent: trials finished and running reach it, or the time is up."""
         all_trials = study.get_trials(deepcopy=False)
         taken = sum(_counted(t) for t in all_trials) + sum(t.state == TrialState.RUNNING for t in all_trials)
-        return taken >= trials or (deadline is not None and time.time() >= deadline)
+        # A worker whose search process is gone (killed) starts no more trials: run the search again to continue.
+        return taken >= trials or (deadline is not None and time.time() >= deadline) or orphaned()
 
     while not enough(study):
         study.optimize(lambda t: _objective(t, space, out, teacher, log), n_trials=1, catch=(Exception,))
@@ -469,7 +471,8 @@ def _claim(out: Path, recipe: Recipe, storage: str, name: str, force: bool) -> N
             for part in ("trials", "shared", "study.db", "search.md", "search.json", "pareto.png", "recommended.yaml"):
                 path = out / part
                 shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-    elif out.is_dir() and any(out.iterdir()) and not force:
+    elif out.is_dir() and any(p.name != "shared" for p in out.iterdir()) and not force:
+        # `shared/` alone is work an earlier search left (a teacher, logits): kept by content hash, safe to reuse.
         raise TorchslimError(f"--out {out} is a folder with other files in it; give a new or empty --out for a "
                              f"search")
     out.mkdir(parents=True, exist_ok=True)
