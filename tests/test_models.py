@@ -22,6 +22,7 @@ NATURAL_INPUT = {
     "resnet20": (3, 32, 32),
     "resnet32": (3, 32, 32),
     "resnet56": (3, 32, 32),
+    "cnn": (1, 28, 28),
 }
 STANDARD_MODULES = (
     nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,

@@ -21,7 +21,7 @@ class PlainCNN(nn.Sequential):
         for i, width in enumerate(channels, start=1):
             layers[f"conv{i}"] = nn.Conv2d(c, width, 3, padding=1, bias=False)
             layers[f"bn{i}"] = nn.BatchNorm2d(width)
-            layers[f"relu{i}"] = nn.ReLU(inplace=True)
+            layers[f"relu{i}"] = nn.ReLU()
             if size >= 4:
                 layers[f"pool{i}"] = nn.MaxPool2d(2)
                 size //= 2
@@ -30,7 +30,7 @@ class PlainCNN(nn.Sequential):
         layers["flatten"] = nn.Flatten()
         if hidden:
             layers["fc1"] = nn.Linear(c, hidden)
-            layers["relu_fc"] = nn.ReLU(inplace=True)
+            layers["relu_fc"] = nn.ReLU()
             c = hidden
         layers["fc"] = nn.Linear(c, num_classes)
         super().__init__(layers)
