@@ -140,28 +140,22 @@ class PruneFFNStage(Stage):
         from torchslim.training import fit
 
         model = self.start_model(state)
-        rows = state.data.train.tensors[0]
-        n = min(len(rows), self.calibration_batches * self.calibration_batch_size)
-        calibration = list(rows[:n].split(self.calibration_batch_size))
+        rows = state.data.train.tensors[0][: self.calibration_batches * self.calibration_batch_size]
+        calibration = list(rows.split(self.calibration_batch_size))
         if self.keep is not None:
             keep = int(self.keep) if self.keep >= 1 else float(self.keep)
             info = prune_ffn_(model, keep=keep, calibration=calibration, criterion=self.criterion)
-            state.log(f"[{self.label}] kept {info['kept']} of {info['width']} feed-forward neurons per block")
         else:
-            info = prune_ffn_to_latency_(model, example_inputs=state.example_inputs(self.batch_size),
-                                         calibration=calibration, latency_reduction=self.latency_reduction,
-                                         latency_ms=self.latency_ms, runtime=self.latency_runtime,
-                                         threads=self.threads, step=self.step, tolerance=self.latency_tolerance,
-                                         criterion=self.criterion, cache_dir=self.latency_cache)
-            state.log(f"[{self.label}] kept {info['kept']} of {info['width']} feed-forward neurons per block: "
-                      f"{info['base_ms']:.4g} → {info['measured_ms']:.4g} ms measured in {self.latency_runtime} "
-                      f"(predicted {info['predicted_ms']:.4g}, target {info['target_ms']:.4g})")
-        facts = {"ffn_pruning": info}
-        if self.train.epochs:
-            result = fit(model, state.data.train, state.data.val, self.train, seed=seed, stage=self.label,
-                         log=state.log)
-            return self.pytorch_artifact(state, model, TrainingRecord.of(result), **facts)
-        return self.pytorch_artifact(state, model, **facts)
+            info = prune_ffn_to_latency_(
+                model, example_inputs=state.example_inputs(self.batch_size), calibration=calibration,
+                latency_reduction=self.latency_reduction, latency_ms=self.latency_ms, runtime=self.latency_runtime,
+                threads=self.threads, step=self.step, tolerance=self.latency_tolerance, criterion=self.criterion,
+                cache_dir=self.latency_cache)
+        state.log(f"[{self.label}] kept {info['kept']} of {info['width']} feed-forward neurons per block"
+                  + (f", {info['measured_ms']:.4g} ms measured" if "measured_ms" in info else ""))
+        trained = [TrainingRecord.of(fit(model, state.data.train, state.data.val, self.train, seed=seed,
+                                         stage=self.label, log=state.log))] if self.train.epochs else []
+        return self.pytorch_artifact(state, model, *trained, ffn_pruning=info)
 
 
 @STAGES.register("share", help="Deep Compression k-means weight sharing with centroid fine-tuning")
