@@ -52,10 +52,10 @@ MAX_LOSS_POINTS = 0.5
 
 FULL = {"limit_train": None, "limit_test": None, "dense_epochs": {"resnet20": 4, "resnet56": 4}, "finetune_epochs": 1,
         "rounds": 2, "latency_seconds": 2.0, "measure_seconds": 3.0, "measure_rounds": 10, "tolerance": 0.02,
-        "cost_batches": 8}
+        "cost_batches": 8, "kd": None}
 QUICK = {"limit_train": 512, "limit_test": 256, "dense_epochs": {"resnet20": 1, "resnet56": 1}, "finetune_epochs": 1,
          "rounds": 1, "latency_seconds": 0.5, "measure_seconds": 0.3, "measure_rounds": 3, "tolerance": 0.1,
-         "cost_batches": 2}
+         "cost_batches": 2, "kd": None}
 
 
 def log(msg: str) -> None:
@@ -190,6 +190,7 @@ def stage_prune(args, s: dict, out: Path) -> None:
     import torch
 
     from torchslim import TorchslimError, save_checkpoint
+    from torchslim.distillation import kd_loss_fn
     from torchslim.prune import ChannelPruneConfig, prune_channels_to_target
 
     data = _data(s)
@@ -207,7 +208,7 @@ def stage_prune(args, s: dict, out: Path) -> None:
             cfg = ChannelPruneConfig(importance="l1", rounds=s["rounds"], **fields, **extra)
             train = _train_config(s["finetune_epochs"], 0.01)
             key = {"config": cfg.model_dump(), "train": train.model_dump(),
-                   "dense": _read(folder / "dense.json")["key"]}
+                   "dense": _read(folder / "dense.json")["key"], **({"kd": s["kd"]} if s["kd"] else {})}
             meta = _read(folder / f"{label}.json")
             if meta and meta.get("key") == key and not args.force and ("failed" in meta or
                                                                        (folder / f"{label}.safetensors").is_file()):
@@ -216,8 +217,10 @@ def stage_prune(args, s: dict, out: Path) -> None:
             model = copy.deepcopy(dense)
             t0 = time.perf_counter()
             try:
+                # With --kd every fine-tuning epoch distills from the dense model (Hinton KD on the fly).
+                loss_fn = kd_loss_fn(copy.deepcopy(dense), *s["kd"]) if s["kd"] else None
                 info = prune_channels_to_target(model, cfg, data, train, example_inputs=example,
-                                                stage=f"{name} {label}", log=log)
+                                                stage=f"{name} {label}", log=log, loss_fn=loss_fn)
             except TorchslimError as e:  # a missed budget is a result too
                 _write(folder / f"{label}.json", {"key": key, "failed": str(e),
                                                   "seconds": round(time.perf_counter() - t0, 1)})
@@ -281,8 +284,9 @@ def stage_report(args, s: dict, out: Path, results: Path) -> dict:
              f"{'the first ' + format(s['limit_train'], ',') if s['limit_train'] else 'all 55,000'} training rows for "
              f"the dense models and every fine-tuning, the full 10,000-row test split"
              + (" (**quick smoke run: tiny data, numbers mean nothing**)" if args.quick else "") + ". Each variant: "
-             f"{s['rounds']} prune/fine-tune round(s) of {s['finetune_epochs']} epoch(s) (SGD 0.01, cosine), l1, "
-             f"global; MAC variants with `round_to: 8`; latency variants on a grid of 8, timed in their runtime at "
+             f"{s['rounds']} prune/fine-tune round(s) of {s['finetune_epochs']} epoch(s) (SGD 0.01, cosine"
+             + (f", distilling from the dense model: KD T {s['kd'][0]:g}, α {s['kd'][1]:g}" if s["kd"] else "")
+             + f"), l1, global; MAC variants with `round_to: 8`; latency variants on a grid of 8, timed in their runtime at "
              f"their batch size (latency_tolerance {s['tolerance']}), a cut's cost the validation loss it adds on "
              f"{s['cost_batches']} batches of 128 (`-importance`: the l1 importance it removes).", ""]
     for name in args.models:
@@ -378,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          "round (default 3.0)")
     p.add_argument("--measure-rounds", type=int, help="measure stage: interleaved rounds (default 10)")
     p.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs after each pruning round (default 1)")
+    p.add_argument("--rounds", type=int, help="prune/fine-tune rounds per variant (default 2)")
+    p.add_argument("--kd", help="T,alpha: every fine-tuning distills from the dense model (Hinton KD with "
+                                "temperature T and hard-label weight alpha), e.g. 4,0.5; default plain cross-entropy")
     p.add_argument("--name", default="structured-latency", help="the run's folder under bench/out/ and its results "
                                                                "file bench/results/<name>-budget.{md,json}")
     args = p.parse_args(argv)
@@ -400,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         s["measure_rounds"] = args.measure_rounds
     if args.finetune_epochs:
         s["finetune_epochs"] = args.finetune_epochs
+    if args.rounds:
+        s["rounds"] = args.rounds
+    if args.kd:
+        try:
+            temperature, alpha = (float(v) for v in args.kd.split(","))
+        except ValueError:
+            raise SystemExit(f"bad --kd {args.kd!r}: T,alpha, e.g. 4,0.5") from None
+        s["kd"] = [temperature, alpha]
     out = ROOT / "bench" / "out" / (f"{args.name}-quick" if args.quick else args.name)
     results = out / "results" if args.quick else ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -298,3 +298,25 @@ def test_recipe_train_prune_channels_export_and_resume(tmp_path, capsys):
     assert numbers(out) == numbers(tmp_path / "full")
     again = json.loads((out / "report.json").read_text())["artifacts"]
     assert again[-1]["info"]["onnx_verification"]["max_abs_diff"] < 1e-4
+
+
+def test_prune_channels_distill_fine_tunes_from_the_model_before_pruning(tmp_path, capsys):
+    """`distill` makes every fine-tuning epoch a KD step from the unpruned model: the kd term is in the history, and
+    a field of the general KD objective (which needs teachers of its own) is refused in one line."""
+    recipe = {"data": {"name": "digits"}, "student": {"model": "mlp", "args": {"widths": [64]}},
+              "stages": [{"type": "train", "train": {"epochs": 1}},
+                         {"type": "prune_channels", "macs_reduction": 2.0, "rounds": 1,
+                          "distill": {"temperature": 4, "alpha": 0.5}, "train": {"epochs": 1}}],
+              "evaluate": {"max_seconds": 0.01}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    art = json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"][-1]
+    history = art["info"]["channel_pruning"]["rounds"][0]["history"]
+    assert history[0]["terms"]["kd"] > 0
+    capsys.readouterr()
+    recipe["stages"][1]["distill"] = {"losses": ["kd", {"name": "fitnet", "student": "fc1", "teacher": "fc1"}]}
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "distill takes temperature and alpha only" in err and len(err.splitlines()) == 1

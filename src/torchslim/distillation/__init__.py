@@ -4,7 +4,7 @@ from torchslim.distillation.augment import augment_token_ids
 from torchslim.distillation.config import KDConfig, LossSpec
 from torchslim.distillation.datafree import (DAFLConfig, DataFreeConfig, DeepInversionConfig, FewDataVAEConfig,
                                              distill_data_free, few_data_indices)
-from torchslim.distillation.kd import distill, teacher_agreement, teacher_logits
+from torchslim.distillation.kd import distill, kd_loss_fn, teacher_agreement, teacher_logits
 from torchslim.distillation.losses import LOSSES, DistillLoss, LossInputs, embedding_loss, kd_loss
 from torchslim.distillation.objective import DistillationModel, build_objective, combine_logits
 from torchslim.distillation.taps import FeatureTaps, make_adapter, match_spatial
@@ -13,7 +13,8 @@ from torchslim.distillation.transformer_kd import (TransformerTaps, attention_lo
                                                    qkv_relations, relation_kl_loss, uniform_layer_map)
 
 __all__ = ["KDConfig", "LossSpec", "LOSSES", "DistillLoss", "LossInputs", "DistillationModel", "FeatureTaps",
-           "augment_token_ids", "build_objective", "combine_logits", "distill", "embedding_loss", "kd_loss", "make_adapter",
+           "augment_token_ids", "build_objective", "combine_logits", "distill", "embedding_loss", "kd_loss", "kd_loss_fn",
+           "make_adapter",
            "match_spatial", "teacher_agreement", "teacher_logits",
            "DataFreeConfig", "DAFLConfig", "DeepInversionConfig", "FewDataVAEConfig", "distill_data_free",
            "few_data_indices", "TransformerTaps", "attention_log_probs", "hidden_state_loss", "qkv_relations",

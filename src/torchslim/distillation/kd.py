@@ -66,6 +66,26 @@ def _freeze(teacher: nn.Module) -> None:
         p.requires_grad_(False)
 
 
+def kd_loss_fn(teacher: nn.Module, temperature: float = 4.0, alpha: float = 0.1) -> Callable[..., tuple]:
+    """A :func:`~torchslim.training.fit` `loss_fn` for Hinton KD from `teacher`, which runs on every batch (frozen,
+    in eval mode): α·CE + (1−α)·T²·KL, as :func:`kd_loss`. For any fine-tuning loop that should follow a teacher, e.g.
+    a pruned model recovering from the model as it was before pruning (which is what `prune_channels`' `distill`
+    field does).
+
+    Example:
+        >>> fit(pruned, data.train, data.val, TrainConfig(epochs=3), loss_fn=kd_loss_fn(dense, 4, 0.5))  # doctest: +SKIP
+    """
+    _freeze(teacher)
+
+    def loss_fn(model: nn.Module, xb: Any, yb: torch.Tensor, *extra: torch.Tensor):
+        with torch.no_grad():
+            tb = forward(teacher, xb)
+        s = forward(model, xb)
+        loss = kd_loss(s, tb, yb, temperature, alpha)
+        return loss, s, {"kd": loss.detach()}
+    return loss_fn
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module | Mapping[str, nn.Module],
@@ -127,14 +147,7 @@ def distill(
             return loss, s, {"kd": loss.detach()}
     else:
         rows = torch.utils.data.TensorDataset(*train_set.tensors[:2]) if rows_in_memory else train_set
-
-        def loss_fn(model, xb, yb, *extra):
-            with torch.no_grad():
-                tb = forward(teacher, xb)
-            s = forward(model, xb)
-            loss = kd_loss(s, tb, yb, kd.temperature, kd.alpha)
-            return loss, s, {"kd": loss.detach()}
-
+        loss_fn = kd_loss_fn(teacher, kd.temperature, kd.alpha)
     return fit(student, rows, val_set, train, loss_fn=loss_fn, seed=seed, checkpoint=checkpoint, stage=stage, log=log)
 
 

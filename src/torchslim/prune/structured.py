@@ -296,7 +296,7 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
                              example_inputs: torch.Tensor, seed: int = 0,
                              checkpoint: Callable[[int], str | Path | None] | None = None,
                              stage: str = "prune_channels", log: Callable[[str], None] = print,
-                             latency_table: Any = None) -> dict:
+                             latency_table: Any = None, loss_fn: Callable[..., tuple] | None = None) -> dict:
     """Remove channels from `model` in place until it has ``cfg.macs_reduction``× fewer MACs, in ``cfg.rounds``
     rounds (the same reduction factor each), fine-tuning for ``train.epochs`` after each round; return the record.
 
@@ -307,7 +307,8 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
 
     Round k prunes to ``cfg.round_targets(macs)[k]`` with :func:`prune_channels_`, then trains with
     ``fit(seed=seed + k)`` and ``checkpoint(k)`` as its checkpoint file (pruning is deterministic, so a resumed run
-    rebuilds the same shapes before the round's checkpoint loads). MACs are counted on one sample of
+    rebuilds the same shapes before the round's checkpoint loads). `loss_fn` is :func:`~torchslim.training.fit`'s:
+    e.g. distillation from the unpruned model (:func:`torchslim.distillation.kd_loss_fn`), cross-entropy when None. MACs are counted on one sample of
     `example_inputs` (a tensor with a batch axis, e.g. ``torch.zeros(1, *data.input_shape)``), which is also what
     Torch-Pruning traces.
 
@@ -333,7 +334,8 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
     cfg = _channel_config(cfg)
     if cfg.target == "latency":
         return LATENCY_MODE["prune"](model, cfg, data, train, example_inputs=example_inputs, seed=seed,
-                                         checkpoint=checkpoint, stage=stage, log=log, table=latency_table)
+                                         checkpoint=checkpoint, stage=stage, log=log, table=latency_table,
+                                         loss_fn=loss_fn)
     macs, params = count_macs(model, example_inputs[:1]), count_params(model)[0]
     ckpt = checkpoint or (lambda k: None)
     widths, rounds = None, []
@@ -342,8 +344,8 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
         widths = widths or {layer: c[0] for layer, c in pruned["channels"].items()}
         log(f"[{stage}] round {k}: {pruned['macs_after']:,} MACs ({macs / pruned['macs_after']:.2f}x fewer), "
             f"{pruned['params_after']:,} parameters ({cfg.importance}, {cfg.scope})")
-        fitted = fit(model, data.train, data.val, train, seed=seed + k, checkpoint=ckpt(k), stage=f"{stage} round {k}",
-                     log=log) if train.epochs else None
+        fitted = fit(model, data.train, data.val, train, loss_fn=loss_fn, seed=seed + k, checkpoint=ckpt(k),
+                     stage=f"{stage} round {k}", log=log) if train.epochs else None
         rounds.append({"target_macs": target, "macs": pruned["macs_after"], "params": pruned["params_after"],
                        **({"history": fitted.history, "best_epoch": fitted.best_epoch,
                            "best_val_accuracy": fitted.best_val_accuracy} if fitted else {})})
