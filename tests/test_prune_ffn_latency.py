@@ -83,7 +83,7 @@ def test_prune_ffn_stage_in_a_recipe(tmp_path):
 
 @pytest.mark.parametrize("stage, message", [
     ({"type": "prune_ffn", "keep": 64, "latency_reduction": 2.0},
-     "give exactly one of keep (neurons per block), latency_reduction or latency_ms (got keep, latency_reduction)"),
+     "give exactly one of keep (feed-forward neurons per block), latency_reduction or latency_ms (got keep, latency_reduction)"),
     ({"type": "prune_ffn"}, "give exactly one of keep"),
     ({"type": "prune_ffn", "latency_reduction": 0.5}, "latency_reduction"),
 ])

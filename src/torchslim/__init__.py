@@ -32,6 +32,7 @@ _EXPORTS = {
     "prune_channels_": "torchslim.prune", "ChannelPruneConfig": "torchslim.prune", "Masks": "torchslim.prune",
     "prune_with_schedule": "torchslim.prune", "iterative_prune": "torchslim.prune",
     "prune_channels_to_target": "torchslim.prune", "prune_ffn_": "torchslim.prune",
+    "prune_heads_": "torchslim.prune",
     "quantize": "torchslim.quant", "StaticInt8Config": "torchslim.quant", "DynamicInt8Config": "torchslim.quant",
     "QuantSpec": "torchslim.quant", "QuantConfig": "torchslim.quant", "ptq": "torchslim.quant", "qat": "torchslim.quant",
     "prepare": "torchslim.quant", "calibrate": "torchslim.quant", "fold_batchnorm": "torchslim.quant",

@@ -55,8 +55,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: N×T×C
         q, k, v = self.c_attn(x).chunk(3, dim=-1)
-        # N×T×C → N×H×T×D. unflatten and flatten name no batch or sequence size, so both stay dynamic in ONNX.
-        q, k, v = (t.unflatten(-1, (self.n_head, self.head_dim)).transpose(1, 2) for t in (q, k, v))
+        # N×T×C → N×H×T×D. unflatten and flatten name no batch or sequence size, so both stay dynamic in ONNX; the
+        # head count comes from the layer's width, so a model with pruned heads reloads from its weights alone.
+        q, k, v = (t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).flatten(2)))
 

@@ -3,7 +3,7 @@ iterative, gradual AGP, lottery tickets with rewinding), unstructured (layerwise
 iterative, or per layer from a sensitivity analysis) and N:M masks with their packed storage, Han's std
 threshold, structured channel removal to a MACs target, and Deep Compression's k-means weight sharing with
 centroid fine-tuning; language models pruned layer by layer from calibration data (magnitude, Wanda, SparseGPT;
-unstructured or 2:4) in `llm`; transformer feed-forward neurons removed for real in `transformer`.
+unstructured or 2:4) in `llm`; transformer feed-forward neurons and attention heads removed for real in `transformer`.
 
 The modules, from the bottom up: `config` (PruneConfig), `criteria` (scores), `masks` (layers, masks, `prune_`),
 `nm`, `han`, `sensitivity`, `schedules` (the training drivers), `structured`, `codebook`. None imports this package.
@@ -69,8 +69,9 @@ from torchslim.prune.structured import (
     prune_channels_to_target,
     resize_to_state_dict_,
 )
-from torchslim.prune.transformer import ffn_importance, ffn_layers, prune_ffn_
-from torchslim.prune.transformer_latency import prune_ffn_to_latency_
+from torchslim.prune.transformer import (AttentionLayers, attention_layers, ffn_importance, ffn_layers, head_importance,
+                                        prune_ffn_, prune_heads_)
+from torchslim.prune.transformer_latency import prune_ffn_to_latency_, prune_heads_to_latency_
 
 __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "MagnitudePruneConfig", "Masks",
            "magnitude_masks", "prunable_layers", "prune_", "attach_masks", "attached_masks", "detach_masks", "hold_zeros",
@@ -85,4 +86,5 @@ __all__ = ["PruneConfig", "CRITERIA", "masks_from_scores", "nm_masks", "Magnitud
            "LatencyTable", "latency_key", "layer_latency_curves", "plan_widths", "plot_latency_curves",
            "prune_channels_to_latency", "snap_width",
            "LLMPruneConfig", "LLMPruneResult", "LLM_PRUNERS", "prune_llm_", "wanda_prune_", "sparsegpt_prune_",
-           "prune_ffn_", "ffn_importance", "ffn_layers", "prune_ffn_to_latency_"]
+           "prune_ffn_", "ffn_importance", "ffn_layers", "prune_ffn_to_latency_",
+           "AttentionLayers", "attention_layers", "head_importance", "prune_heads_", "prune_heads_to_latency_"]

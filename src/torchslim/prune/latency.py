@@ -118,9 +118,33 @@ def latency_key(runtime: str, threads: int, batch_size: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------------ cells
+class AttentionCell(nn.Module):
+    """The attention of one transformer block with `heads` heads of `head_dim` (`group` query heads per key/value
+    head): query/key/value projections from `hidden`, scaled dot-product attention, the output projection. A latency
+    table times it as the cell (hidden, heads) of an ``"Attention"`` signature."""
+
+    def __init__(self, hidden: int, heads: int, head_dim: int, causal: bool = False, group: int = 1) -> None:
+        super().__init__()
+        self.head_dim, self.causal, self.group = head_dim, causal, group
+        self.q = nn.Linear(hidden, heads * head_dim)
+        self.kv = nn.Linear(hidden, 2 * (heads // group) * head_dim)
+        self.out = nn.Linear(heads * head_dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # N×T×hidden
+        q = self.q(x).unflatten(-1, (-1, self.head_dim)).transpose(1, 2)
+        k, v = (t.unflatten(-1, (-1, self.head_dim)).transpose(1, 2) for t in self.kv(x).chunk(2, dim=-1))
+        if self.group > 1:
+            k, v = k.repeat_interleave(self.group, dim=1), v.repeat_interleave(self.group, dim=1)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y.transpose(1, 2).flatten(2))
+
+
 def _unit(spec: Mapping[str, Any], cin: int, cout: int) -> nn.Module:
     """The module one cell times: the layer at (cin, cout) plus its BN and activation, random weights, eval mode."""
     g = torch.Generator().manual_seed(cin * 100_003 + cout)
+    if spec["op"] == "Attention":  # cin: the hidden size, cout: the heads
+        torch.manual_seed(cin * 100_003 + cout)
+        return AttentionCell(cin, cout, spec["head_dim"], spec["causal"], spec["group"]).eval()
     if spec["op"] == "Linear":
         layer: nn.Module = nn.Linear(cin * spec["per_channel"], cout, bias=spec["bias"])
     else:
@@ -145,8 +169,8 @@ def _unit(spec: Mapping[str, Any], cin: int, cout: int) -> nn.Module:
 
 def _unit_input(spec: Mapping[str, Any], cin: int) -> tuple[int, ...]:
     """One sample's input shape for a cell at input width `cin`."""
-    if spec["op"] == "Linear":
-        return (*spec["input"], cin * spec["per_channel"])
+    if spec["op"] in ("Linear", "Attention"):
+        return (*spec["input"], cin * spec.get("per_channel", 1))
     return (cin, *spec["input"])
 
 
@@ -710,7 +734,8 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
                               example_inputs: torch.Tensor, seed: int = 0,
                               checkpoint: Callable[[int], str | os.PathLike | None] | None = None,
                               stage: str = "prune_channels", log: Callable[[str], None] = print,
-                              table: LatencyTable | None = None) -> dict:
+                              table: LatencyTable | None = None,
+                              loss_fn: Callable[..., tuple] | None = None) -> dict:
     """:func:`~torchslim.prune.prune_channels_to_target` for ``cfg.target == "latency"``: remove channels from
     `model` in place until it runs ``cfg.latency_reduction``× faster (or in ``cfg.latency_ms``) in
     ``cfg.latency_runtime`` with ``cfg.threads`` threads at ``cfg.batch_size``, as measured; return the record.
@@ -740,7 +765,7 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
     was_training = model.training
     try:
         return _prune_channels_to_latency(model, cfg, data, train, example_inputs=example_inputs, seed=seed,
-                                          checkpoint=checkpoint, stage=stage, log=log, table=table)
+                                          checkpoint=checkpoint, stage=stage, log=log, table=table, loss_fn=loss_fn)
     finally:
         model.train(was_training)
 
@@ -748,7 +773,8 @@ def prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, t
 def _prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, train, *,
                                example_inputs: torch.Tensor, seed: int,
                                checkpoint: Callable[[int], str | os.PathLike | None] | None, stage: str,
-                               log: Callable[[str], None], table: LatencyTable | None) -> dict:
+                               log: Callable[[str], None], table: LatencyTable | None,
+                               loss_fn: Callable[..., tuple] | None) -> dict:
     from torchslim.models.counting import count_macs, count_params
     from torchslim.prune.structured import CHANNEL_IMPORTANCE, _widths
     from torchslim.training import dist
@@ -824,7 +850,7 @@ def _prune_channels_to_latency(model: nn.Module, cfg: ChannelPruneConfig, data, 
                     torch.save({"setup": setup, "passes": passes, "round": info,
                                 "calibration": [calibration.a, calibration.b]}, tmp)
         last = info
-        fitted = fit(model, data.train, data.val, train, seed=seed + k, checkpoint=ckpt(k),
+        fitted = fit(model, data.train, data.val, train, loss_fn=loss_fn, seed=seed + k, checkpoint=ckpt(k),
                      stage=f"{stage} round {k}", log=log) if train.epochs else None
         rounds.append({**info, "macs": count_macs(model, one), "params": count_params(model)[0],
                        **({"history": fitted.history, "best_epoch": fitted.best_epoch,

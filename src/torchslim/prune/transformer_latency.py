@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +28,16 @@ from torch import nn
 
 from torchslim.errors import TorchslimError, unknown_choice
 from torchslim.prune.latency import RUNTIMES, LatencyTable
-from torchslim.prune.transformer import ffn_layers, prune_ffn_
+from torchslim.prune.transformer import attention_layers, ffn_layers, prune_ffn_, prune_heads_
 from torchslim.tasks import Task
 
 
-def _hidden_input(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
-    """(sequence length, hidden size) of the first feed-forward layer's input on `example_inputs`."""
-    ups, _ = ffn_layers(model)[0]
+def _hidden_input(model: nn.Module, example_inputs: Any, layer: nn.Module | None = None) -> tuple[int, int]:
+    """(sequence length, hidden size) of `layer`'s input (default: the first feed-forward layer) on
+    `example_inputs`."""
+    layer = layer if layer is not None else ffn_layers(model)[0][0][0]
     seen: list[tuple[int, ...]] = []
-    hook = ups[0].register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    hook = layer.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
     try:
         with torch.no_grad():
             model.eval()
@@ -44,8 +45,8 @@ def _hidden_input(model: nn.Module, example_inputs: Any) -> tuple[int, int]:
     finally:
         hook.remove()
     if not seen or len(seen[0]) != 3:
-        raise TorchslimError("prune_ffn_to_latency_: the feed-forward layers did not see a batch × sequence × hidden "
-                             "input on the example inputs; give token ids of the length the model will be run at")
+        raise TorchslimError("pruning to a latency target: the transformer layers did not see a batch × sequence × "
+                             "hidden input on the example inputs; give token ids of the length the model will be run at")
     return seen[0][1], seen[0][2]
 
 
@@ -93,6 +94,65 @@ def _cells(hidden: int, seq: int, n_ups: int, act: str, width: int) -> list[tupl
     return [(up, hidden, width)] * n_ups + [(down, width, hidden)]
 
 
+def _check_target(latency_reduction: float | None, latency_ms: float | None, runtime: str, step: int,
+                  what: str) -> None:
+    if runtime not in RUNTIMES:
+        raise unknown_choice("latency runtime", runtime, RUNTIMES)
+    if (latency_reduction is None) == (latency_ms is None):
+        raise TorchslimError(f"{what}: give exactly one of latency_reduction (e.g. 1.5) or latency_ms")
+    if latency_reduction is not None and not latency_reduction > 1:
+        raise TorchslimError(f"latency_reduction {latency_reduction}: must be > 1 (1.5 = 1.5× faster)")
+    if not isinstance(step, int) or step < 1:
+        raise TorchslimError(f"step {step!r}: must be a whole number ≥ 1")
+
+
+def _batch_of(example_inputs: Any) -> int:
+    first = next(iter(example_inputs.values())) if isinstance(example_inputs, Mapping) else example_inputs
+    return int(first.shape[0])
+
+
+def _to_latency(model: nn.Module, example_inputs: Any, *, unit: str, full: int, grid: list[int],
+                part_ms: dict[int, float], blocks: int, prune: Callable[[nn.Module, int], dict],
+                latency_reduction: float | None, latency_ms: float | None, runtime: str, threads: int,
+                seconds: float, tolerance: float, table: LatencyTable, rest: str, noun: str) -> dict[str, Any]:
+    """The search both transformer parts share: predict the model's time at each size on the grid from the table
+    (``T0 − blocks · (part(full) − part(n))``), keep the largest size that meets the target, time it for real, and
+    go narrower (up to 3 tries) while the measurement misses by more than the tolerance."""
+    base = time_models([model], example_inputs, runtime, threads, seconds)[0]
+    target = latency_ms if latency_ms is not None else base / latency_reduction
+    predicted = {n: base - blocks * (part_ms[full] - part_ms[n]) for n in grid}
+    fits = [n for n in grid if predicted[n] <= target]
+    record: dict[str, Any] = {"runtime": runtime, "threads": threads, "batch_size": _batch_of(example_inputs),
+                              "blocks": blocks, "base_ms": base, "target_ms": target,
+                              f"predicted_ms_by_{unit}": predicted}
+    if not fits:
+        raise TorchslimError(
+            f"latency target {target:.4g} ms is out of reach of the {rest}: with {grid[0]} of {full} {noun} per block the "
+            f"model is predicted at {predicted[grid[0]]:.4g} ms (now {base:.4g} ms; the rest of the time is the other "
+            f"layers); drop layers (keep_layers) or give a smaller reduction")
+    tried = []
+    original = copy.deepcopy(model)
+    for n in sorted(fits, reverse=True)[:3]:
+        candidate = copy.deepcopy(original)
+        info = prune(candidate, n)
+        measured = time_models([candidate], example_inputs, runtime, threads, seconds)[0]
+        tried.append({"kept": n, "predicted_ms": predicted[n], "measured_ms": measured})
+        if measured <= target * (1 + tolerance):
+            break
+    else:
+        raise TorchslimError(
+            f"latency target {target:.4g} ms missed: "
+            + ", ".join(f"{t['kept']} {noun} measured {t['measured_ms']:.4g} ms" for t in tried)
+            + f" (tolerance {tolerance:.0%}); give a smaller reduction or a larger tolerance")
+    prune(model, tried[-1]["kept"])
+    record["table"] = {"measured_cells": table.measured, "cached_cells": table.loaded,
+                       "timing_seconds": round(table.seconds, 2)}
+    record.update({"kept": tried[-1]["kept"], "predicted_ms": tried[-1]["predicted_ms"],
+                   "measured_ms": tried[-1]["measured_ms"], "measured_reduction": base / tried[-1]["measured_ms"],
+                   "tried": tried, "criterion": info["criterion"]})
+    return record
+
+
 def prune_ffn_to_latency_(model: nn.Module, *, example_inputs: Any, calibration: Iterable | None = None,
                           latency_reduction: float | None = None, latency_ms: float | None = None,
                           runtime: str = "onnxruntime", threads: int = 1, step: int = 64, tolerance: float = 0.05,
@@ -109,56 +169,58 @@ def prune_ffn_to_latency_(model: nn.Module, *, example_inputs: Any, calibration:
         ...                              latency_reduction=1.5)                                   # doctest: +SKIP
         >>> info["kept"], info["measured_ms"], info["target_ms"]                                    # doctest: +SKIP
     """
-    if runtime not in RUNTIMES:
-        raise unknown_choice("latency runtime", runtime, RUNTIMES)
-    if (latency_reduction is None) == (latency_ms is None):
-        raise TorchslimError("prune_ffn_to_latency_: give exactly one of latency_reduction (e.g. 1.5) or latency_ms")
-    if latency_reduction is not None and not latency_reduction > 1:
-        raise TorchslimError(f"latency_reduction {latency_reduction}: must be > 1 (1.5 = 1.5× faster)")
-    if not isinstance(step, int) or step < 1:
-        raise TorchslimError(f"step {step!r}: must be a whole number ≥ 1 (64 suits CPU matrix kernels)")
+    _check_target(latency_reduction, latency_ms, runtime, step, "prune_ffn_to_latency_")
     layers = ffn_layers(model)
     width = layers[0][1].in_features
     seq, hidden = _hidden_input(model, example_inputs)
-    first = next(iter(example_inputs.values())) if isinstance(example_inputs, Mapping) else example_inputs
-    batch = int(first.shape[0])
-    table = table or LatencyTable(runtime, threads, batch, cache_dir=cache_dir, cell_seconds=seconds / 10)
+    table = table or LatencyTable(runtime, threads, _batch_of(example_inputs), cache_dir=cache_dir,
+                                  cell_seconds=seconds / 10)
     n_ups = len(layers[0][0])
     grid = sorted({*range(step, width, step), width})
     cells = {w: _cells(hidden, seq, n_ups, "GELU" if n_ups == 1 else "SiLU", w) for w in grid}
     table.ensure([c for w in grid for c in cells[w]])
     ffn = {w: sum(table.cell(*c) for c in cells[w]) for w in grid}
-    base = time_models([model], example_inputs, runtime, threads, seconds)[0]
-    target = latency_ms if latency_ms is not None else base / latency_reduction
-    predicted = {w: base - len(layers) * (ffn[width] - ffn[w]) for w in grid}
-    fits = [w for w in grid if predicted[w] <= target]
-    record: dict[str, Any] = {"runtime": runtime, "threads": threads, "batch_size": batch, "sequence_length": seq,
-                              "width": width, "blocks": len(layers), "base_ms": base, "target_ms": target,
-                              "predicted_ms_by_width": predicted, "table": {"measured_cells": table.measured,
-                                                                            "cached_cells": table.loaded}}
-    if not fits:
-        raise TorchslimError(
-            f"latency target {target:.4g} ms is out of reach of the feed-forward layers: with {grid[0]} of {width} "
-            f"neurons per block the model is predicted at {predicted[grid[0]]:.4g} ms (now {base:.4g} ms; the rest "
-            f"is attention, embeddings and norms); drop layers (keep_layers) or give a smaller reduction")
-    tried = []
-    original = copy.deepcopy(model)
-    for w in sorted(fits, reverse=True)[:3]:
-        candidate = copy.deepcopy(original)
-        info = prune_ffn_(candidate, keep=w, calibration=calibration, criterion=criterion, pad_id=pad_id)
-        measured = time_models([candidate], example_inputs, runtime, threads, seconds)[0]
-        tried.append({"kept": w, "predicted_ms": predicted[w], "measured_ms": measured})
-        if measured <= target * (1 + tolerance):
-            break
-    else:
-        raise TorchslimError(
-            f"latency target {target:.4g} ms missed: "
-            + ", ".join(f"{t['kept']} neurons measured {t['measured_ms']:.4g} ms" for t in tried)
-            + f" (tolerance {tolerance:.0%}); give a smaller reduction or a larger tolerance")
-    prune_ffn_(model, keep=tried[-1]["kept"], calibration=calibration, criterion=criterion, pad_id=pad_id)
-    record["table"] = {"measured_cells": table.measured, "cached_cells": table.loaded,
-                       "timing_seconds": round(table.seconds, 2)}
-    record.update({"kept": tried[-1]["kept"], "predicted_ms": tried[-1]["predicted_ms"],
-                   "measured_ms": tried[-1]["measured_ms"], "measured_reduction": base / tried[-1]["measured_ms"],
-                   "tried": tried, "criterion": info["criterion"]})
-    return record
+    record = _to_latency(
+        model, example_inputs, unit="width", full=width, grid=grid, part_ms=ffn, blocks=len(layers),
+        prune=lambda m, w: prune_ffn_(m, keep=w, calibration=calibration, criterion=criterion, pad_id=pad_id),
+        latency_reduction=latency_reduction, latency_ms=latency_ms, runtime=runtime, threads=threads,
+        seconds=seconds, tolerance=tolerance, table=table, rest="feed-forward layers", noun="neurons")
+    return {**record, "width": width, "sequence_length": seq}
+
+
+def prune_heads_to_latency_(model: nn.Module, *, example_inputs: Any, calibration: Iterable | None = None,
+                            latency_reduction: float | None = None, latency_ms: float | None = None,
+                            runtime: str = "onnxruntime", threads: int = 1, tolerance: float = 0.05,
+                            criterion: str = "activation", pad_id: int = 0, seconds: float = 1.0,
+                            cache_dir: str | os.PathLike | None | bool = None, table: LatencyTable | None = None
+                            ) -> dict[str, Any]:
+    """Remove attention heads (the same number in every block; whole groups in a grouped-query model) until the
+    model runs `latency_reduction`× faster than now, or in `latency_ms`, in `runtime` on `example_inputs`; in place.
+    A block's attention at h heads is one table cell (its query/key/value and output layers and the attention itself,
+    on the block's real sequence × hidden input), so the prediction and the search are those of
+    :func:`prune_ffn_to_latency_`. Returns the same record with ``predicted_ms_by_heads``.
+
+    Example:
+        >>> info = prune_heads_to_latency_(student, example_inputs=ids[:1], calibration=batches,
+        ...                                latency_reduction=1.2)                                 # doctest: +SKIP
+        >>> info["kept"], info["heads"], info["measured_ms"]                                       # doctest: +SKIP
+    """
+    _check_target(latency_reduction, latency_ms, runtime, 1, "prune_heads_to_latency_")
+    layers = attention_layers(model)
+    a = layers[0]
+    group = a.heads // a.kv_heads
+    seq, hidden = _hidden_input(model, example_inputs, a.query)
+    table = table or LatencyTable(runtime, threads, _batch_of(example_inputs), cache_dir=cache_dir,
+                                  cell_seconds=seconds / 10)
+    causal = bool(getattr(a.module, "is_causal", type(a.module).__name__ == "CausalSelfAttention"))
+    signature = json.dumps({"op": "Attention", "input": [seq], "head_dim": a.head_dim, "causal": causal,
+                            "group": group}, sort_keys=True)
+    grid = list(range(group, a.heads + 1, group))
+    table.ensure([(signature, hidden, n) for n in grid])
+    attention = {n: table.cell(signature, hidden, n) for n in grid}
+    record = _to_latency(
+        model, example_inputs, unit="heads", full=a.heads, grid=grid, part_ms=attention, blocks=len(layers),
+        prune=lambda m, n: prune_heads_(m, keep=n, calibration=calibration, criterion=criterion, pad_id=pad_id),
+        latency_reduction=latency_reduction, latency_ms=latency_ms, runtime=runtime, threads=threads,
+        seconds=seconds, tolerance=tolerance, table=table, rest="attention heads", noun="heads")
+    return {**record, "heads": a.heads, "head_dim": a.head_dim, "sequence_length": seq}
