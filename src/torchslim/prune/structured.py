@@ -308,9 +308,9 @@ def prune_channels_to_target(model: nn.Module, cfg: ChannelPruneConfig, data: Da
     Round k prunes to ``cfg.round_targets(macs)[k]`` with :func:`prune_channels_`, then trains with
     ``fit(seed=seed + k)`` and ``checkpoint(k)`` as its checkpoint file (pruning is deterministic, so a resumed run
     rebuilds the same shapes before the round's checkpoint loads). `loss_fn` is :func:`~torchslim.training.fit`'s:
-    e.g. distillation from the unpruned model (:func:`torchslim.distillation.kd_loss_fn`), cross-entropy when None. MACs are counted on one sample of
-    `example_inputs` (a tensor with a batch axis, e.g. ``torch.zeros(1, *data.input_shape)``), which is also what
-    Torch-Pruning traces.
+    e.g. distillation from the unpruned model (:func:`torchslim.distillation.kd_loss_fn`), cross-entropy when None.
+    MACs are counted on one sample of `example_inputs` (a tensor with a batch axis, e.g.
+    ``torch.zeros(1, *data.input_shape)``), which is also what Torch-Pruning traces.
 
     Returns ``{"macs_before", "macs_after", "macs_reduction", "params_before", "params_after", "channels":
     {layer: [before, after]}, "rounds": [{"target_macs", "macs", "params", "history", "best_epoch",

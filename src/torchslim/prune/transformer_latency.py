@@ -46,7 +46,8 @@ def _hidden_input(model: nn.Module, example_inputs: Any, layer: nn.Module | None
         hook.remove()
     if not seen or len(seen[0]) != 3:
         raise TorchslimError("pruning to a latency target: the transformer layers did not see a batch × sequence × "
-                             "hidden input on the example inputs; give token ids of the length the model will be run at")
+                             "hidden input on the example inputs; give token ids of the length the model will be "
+                             "run at")
     return seen[0][1], seen[0][2]
 
 
@@ -127,9 +128,9 @@ def _to_latency(model: nn.Module, example_inputs: Any, *, unit: str, full: int, 
                               f"predicted_ms_by_{unit}": predicted}
     if not fits:
         raise TorchslimError(
-            f"latency target {target:.4g} ms is out of reach of the {rest}: with {grid[0]} of {full} {noun} per block the "
-            f"model is predicted at {predicted[grid[0]]:.4g} ms (now {base:.4g} ms; the rest of the time is the other "
-            f"layers); drop layers (keep_layers) or give a smaller reduction")
+            f"latency target {target:.4g} ms is out of reach of the {rest}: with {grid[0]} of {full} {noun} per "
+            f"block the model is predicted at {predicted[grid[0]]:.4g} ms (now {base:.4g} ms; the rest of the time "
+            f"is the other layers); drop layers (keep_layers) or give a smaller reduction")
     tried = []
     original = copy.deepcopy(model)
     for n in sorted(fits, reverse=True)[:3]:
