@@ -222,3 +222,22 @@ def test_sentence_embedding_recipe_errors(tmp_path, capsys):
     assert main(["validate", str(path)]) == 2
     assert "sentence embeddings have no logits for Hinton KD; give losses: [{name: embedding}]" in \
         capsys.readouterr().err
+
+
+def test_a_bert_with_pruned_heads_runs_to_onnx_without_a_directory_it_could_not_load_from(tmp_path, capsys):
+    """prune_heads on a Hugging Face BERT: the stage, its safetensors, resume and the ONNX export work; the .hf/
+    directory is left out (BERT's config cannot say "fewer heads of the same size") and the log says why."""
+    bert = _bert_dir(tmp_path / "bert")
+    recipe = _recipe(tmp_path, bert, student=None, stages=[
+        {"type": "prune_heads", "keep": 1, "train": {"epochs": 1, "optimizer": "adamw", "lr": 0.003,
+                                                     "batch_size": 16}},
+        {"type": "export"}])
+    out = tmp_path / "run"
+    assert main(["run", str(recipe), "--out", str(out)]) == 0, capsys.readouterr().err
+    log = capsys.readouterr().out
+    assert "[prune_heads] no prune_heads.hf/ directory: " in log and "attention heads were pruned" in log
+    assert (out / "teacher.hf").is_dir() and not (out / "prune_heads.hf").exists()
+    arts = {a["name"]: a for a in json.loads((out / "report.json").read_text())["artifacts"]}
+    assert arts["prune_heads"]["info"]["head_pruning"]["kept"] == 1
+    assert arts["prune_heads"]["params"] < arts["teacher"]["params"]
+    assert arts["export"]["info"]["onnx_verification"]["max_abs_diff"] < 1e-4

@@ -219,6 +219,19 @@ _SENTENCE_TRANSFORMERS_FILES = ("modules.json", "sentence_bert_config.json", "co
                                 "1_Pooling/config.json")
 
 
+def hf_directory_problem(model: nn.Module) -> str | None:
+    """Why `model` cannot be written as a directory that ``from_pretrained`` loads, or None. BERT-family configs
+    derive the head size from hidden_size / num_attention_heads, so a model whose heads were pruned
+    (:func:`torchslim.prune.prune_heads_`) would not load from its own directory."""
+    for name, m in model.named_modules():
+        query = getattr(m, "query", None) or getattr(m, "q_lin", None)
+        if isinstance(query, nn.Linear) and query.out_features != query.in_features:
+            return (f"{name}: attention heads were pruned ({query.out_features} of {query.in_features} query "
+                    f"features left) and this model's config cannot describe fewer heads of the same size; ship it "
+                    f"as ONNX (export) or a torchslim checkpoint")
+    return None
+
+
 def save_hf_model(model: nn.Module, path: str | os.PathLike, tokenizer_from: str | os.PathLike | None = None) -> Path:
     """Write `model` as a Hugging Face model directory (config + safetensors), with the tokenizer files (and, for a
     sentence encoder, sentence-transformers' module files) copied from `tokenizer_from`, the directory the model came
@@ -230,14 +243,9 @@ def save_hf_model(model: nn.Module, path: str | os.PathLike, tokenizer_from: str
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise TorchslimError(f"{out} exists and is not a directory")
-    for name, m in model.named_modules():
-        # BERT-family configs derive the head size from hidden_size / num_attention_heads, so a model whose heads
-        # were pruned (prune_heads_) would not load from its own directory.
-        query = getattr(m, "query", None) or getattr(m, "q_lin", None)
-        if isinstance(query, nn.Linear) and query.out_features != query.in_features:
-            raise TorchslimError(f"{name}: attention heads were pruned ({query.out_features} of {query.in_features} "
-                                 f"query features left) and this model's config cannot describe fewer heads of the "
-                                 f"same size; ship it as ONNX (export) or a torchslim checkpoint")
+    problem = hf_directory_problem(model)
+    if problem:
+        raise TorchslimError(problem)
     _import_transformers()  # quiets its progress bars ("Writing model shards")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

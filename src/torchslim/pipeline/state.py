@@ -70,10 +70,15 @@ class RunState:
         path = self.out / f"{name}.safetensors"
         if dist.is_main():
             save_checkpoint(model, path, meta)
-            from torchslim.models.hf import HFSentenceEncoder, HFSequenceClassifier, save_hf_model
+            from torchslim.models.hf import (HFSentenceEncoder, HFSequenceClassifier, hf_directory_problem,
+                                             save_hf_model)
 
             if isinstance(model, (HFSentenceEncoder, HFSequenceClassifier)):
-                save_hf_model(model, self.out / f"{name}.hf", tokenizer_from=self.hf_source())
+                problem = hf_directory_problem(model)
+                if problem:  # the safetensors file above still holds it; resume and export rebuild it from there
+                    self.log(f"[{name}] no {name}.hf/ directory: {problem}")
+                else:
+                    save_hf_model(model, self.out / f"{name}.hf", tokenizer_from=self.hf_source())
         return path
 
     def hf_source(self) -> str | None:
