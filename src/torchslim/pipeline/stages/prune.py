@@ -1,5 +1,5 @@
-"""Stages that make the model sparser or smaller: `prune` (weights), `prune_channels` (whole channels) and `share`
-(Deep Compression's k-means weight sharing)."""
+"""Stages that make the model sparser or smaller: `prune` (weights), `prune_channels` (whole channels),
+`prune_ffn` and `prune_heads` (transformer blocks) and `share` (Deep Compression's k-means weight sharing)."""
 from __future__ import annotations
 
 import copy
