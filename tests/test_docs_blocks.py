@@ -249,7 +249,7 @@ _TrainConfig.__init__ = _one_epoch
 from torchslim.distillation.datafree import DataFreeConfig as _DataFreeConfig
 _df_init = _DataFreeConfig.__init__
 def _few_iterations(self, **kw):                   # a data-free epoch is `iterations` steps: a few will do
-    kw["iterations"] = min(kw.get("iterations", 5), 5)
+    kw["iterations"] = min(kw.get("iterations", 2), 2)
     _df_init(self, **kw)
 _DataFreeConfig.__init__ = _few_iterations
 from pathlib import Path as _Path
