@@ -57,9 +57,14 @@ def ffn_layers(model: nn.Module) -> list[tuple[list[nn.Linear], nn.Linear]]:
 
 
 def _batches(calibration: Any) -> list:
-    if isinstance(calibration, (torch.Tensor, dict)):
-        return [calibration]
-    return list(calibration)
+    """The calibration batches of an activation criterion, as a list; a missing or empty one is one line."""
+    if calibration is None:
+        raise TorchslimError("criterion 'activation' needs calibration batches (token ids); or use "
+                             "criterion='magnitude'")
+    batches = [calibration] if isinstance(calibration, (torch.Tensor, dict)) else list(calibration)
+    if not batches:
+        raise TorchslimError("the calibration data is empty: give at least one batch of token ids")
+    return batches
 
 
 def _call(model: nn.Module, batch: Any) -> None:
@@ -93,12 +98,7 @@ def ffn_importance(model: nn.Module, calibration: Iterable | None = None, criter
     layers = ffn_layers(model)
     if criterion == "magnitude":
         return [sum(u.weight.norm(dim=1) for u in ups) * down.weight.norm(dim=0) for ups, down in layers]
-    if calibration is None:
-        raise TorchslimError("criterion 'activation' needs calibration batches (token ids); or use "
-                             "criterion='magnitude'")
     batches = _batches(calibration)
-    if not batches:
-        raise TorchslimError("the calibration data is empty: give at least one batch of token ids")
     sums = [torch.zeros(down.in_features) for _, down in layers]
     counts = [0.0]
     state: dict[str, torch.Tensor | None] = {"mask": None}
@@ -267,12 +267,7 @@ def head_importance(model: nn.Module, calibration: Iterable | None = None, crite
             v = value.unflatten(0, (a.kv_heads, a.head_dim)).norm(dim=(1, 2))
             scores.append(out * v.repeat_interleave(a.heads // a.kv_heads))
         return scores
-    if calibration is None:
-        raise TorchslimError("criterion 'activation' needs calibration batches (token ids); or use "
-                             "criterion='magnitude'")
     batches = _batches(calibration)
-    if not batches:
-        raise TorchslimError("the calibration data is empty: give at least one batch of token ids")
     sums = [torch.zeros(a.heads) for a in layers]
     state: dict[str, torch.Tensor | None] = {"mask": None}
 
